@@ -1,0 +1,89 @@
+"""Checkpoints as safetensors plus JSON: never pickle, so loading one cannot execute code.
+
+``<stem>.safetensors`` holds the model's tensors (parameters and buffers, e.g. a persistent
+memory) and, for training checkpoints, the optimiser's tensors and the torch RNG state;
+``<stem>.json`` holds everything else (config, epoch, optimiser hyper-parameters, versions).
+Both are written to a temporary file and renamed, so a crash never leaves a torn checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+import xmr
+
+FORMAT = "xmr-checkpoint-1"
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+def _atomic(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def save(stem: str | Path, model: torch.nn.Module, meta: dict[str, Any],
+         optimizers: list[torch.optim.Optimizer] | None = None) -> None:
+    stem = Path(stem)
+    tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    groups = []
+    for n, opt in enumerate(optimizers or []):
+        sd = opt.state_dict()
+        for pid, state in sd["state"].items():
+            for name, value in state.items():
+                t = value if torch.is_tensor(value) else torch.tensor(value)
+                tensors[f"optim{n}.{pid}.{name}"] = t.detach().contiguous().cpu()
+        groups.append(sd["param_groups"])
+    if optimizers is not None:
+        tensors["rng.torch"] = torch.get_rng_state()
+    meta = {**meta, "format": FORMAT, "xmr_version": xmr.__version__, "optimizer_groups": groups}
+    _atomic(stem.with_suffix(".safetensors"), lambda p: save_file(tensors, str(p)))
+    _atomic(stem.with_suffix(".json"), lambda p: p.write_text(json.dumps(meta, indent=1)))
+
+
+def read_meta(stem: str | Path) -> dict:
+    path = Path(stem).with_suffix(".json")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint metadata not found")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from e
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not an xmr checkpoint (format {meta.get('format')!r}, want {FORMAT!r})")
+    return meta
+
+
+def load(stem: str | Path, model: torch.nn.Module,
+         optimizers: list[torch.optim.Optimizer] | None = None) -> dict:
+    """Load tensors into ``model`` (and ``optimizers``, restoring the RNG); returns the metadata."""
+    stem = Path(stem)
+    meta = read_meta(stem)
+    if meta.get("model") != getattr(model, "name", None):
+        raise CheckpointError(f"{stem}: checkpoint is for model {meta.get('model')!r}, not {model.name!r}")
+    tensors = load_file(str(stem.with_suffix(".safetensors")))
+    state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{stem}: weights do not fit this model (missing {missing[:3]}, "
+                              f"unexpected {unexpected[:3]})")
+    for n, opt in enumerate(optimizers or []):
+        groups = meta["optimizer_groups"][n]
+        per_param: dict[int, dict] = {}
+        prefix = f"optim{n}."
+        for key, value in tensors.items():
+            if key.startswith(prefix):
+                pid, name = key[len(prefix):].split(".", 1)
+                per_param.setdefault(int(pid), {})[name] = value
+        opt.load_state_dict({"state": per_param, "param_groups": groups})
+    if optimizers is not None and "rng.torch" in tensors:
+        torch.set_rng_state(tensors["rng.torch"])
+    return meta

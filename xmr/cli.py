@@ -1,0 +1,186 @@
+"""The ``xmr`` command: data, features, train, eval, demo."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EXAMPLES = """examples:
+  xmr demo                                   # synthetic data, small VSE++, R@K table (< 5 min)
+  xmr data flickr8k                          # check a dataset and show its splits
+  xmr features flickr8k                      # EfficientNet-Lite0 features into runs/cache
+  xmr train --model vsepp --preset cpu --data flickr8k --out runs/vsepp-f8k
+  xmr eval runs/vsepp-f8k --split test --json results/vsepp-f8k-test.json
+dataset specs: synthetic | flickr8k[:PATH] | karpathy:JSON,images=DIR | coco:DIR,images=DIR |
+               precomputed:DIR   (options after commas, e.g. synthetic,seed=1,n_train=500)
+"""
+
+
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _overrides(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq:
+            raise SystemExit(f"--set {pair!r}: expected KEY=VALUE")
+        out[key] = _parse_value(value)
+    return out
+
+
+def cmd_data(args) -> int:
+    from xmr.data import open_split
+
+    for split in args.splits:
+        s = open_split(args.data, split)
+        labels = f", {s.labels.shape[1]} label classes" if s.labels is not None else ""
+        print(f"{split}: {s.n_images} images, {len(s.captions)} captions ({s.captions_per_image}/image){labels}")
+        for c in s.captions[: args.show]:
+            print(f"   {c}")
+    return 0
+
+
+def cmd_features(args) -> int:
+    import torch
+
+    from xmr.data import DatasetSpec, open_split
+    from xmr.features.image import extract_split
+    from xmr.features.store import feature_root
+
+    torch.set_num_threads(args.threads)
+    spec = DatasetSpec.parse(args.data)
+    root = feature_root(spec, args.extractor, Path(args.cache))
+    stats = [extract_split(open_split(spec, split), root, args.extractor, args.batch_size)
+             for split in args.splits]
+    for s in stats:
+        print(json.dumps(s))
+    print(f"features in {root}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"data": args.data, "extractor": args.extractor,
+                                               "splits": stats}, indent=1))
+    return 0
+
+
+def _train_config(args):
+    from xmr.train import TrainConfig
+
+    return TrainConfig(model=args.model, preset=args.preset, data=args.data, extractor=args.extractor,
+                       out=args.out, seed=args.seed, overrides=_overrides(args.set), cache=args.cache,
+                       progress=not args.quiet)
+
+
+def cmd_train(args) -> int:
+    from xmr.train import train
+
+    train(_train_config(args), resume=args.resume)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    import torch
+
+    from xmr.data.pairs import PairData
+    from xmr.eval.evaluate import evaluate, format_table
+    from xmr.train import load_trained
+    from xmr.features.store import split_with_features
+
+    torch.set_num_threads(args.threads)
+    model, vocab, meta = load_trained(args.run, args.checkpoint)
+    split = split_with_features(args.data or meta["data"], args.split, meta["image_input"],
+                                meta["extractor"], Path(args.cache))
+    result = evaluate(model, PairData(split, vocab, meta["max_len"]), folds=args.folds, progress=True)
+    print(format_table(result))
+    if args.json:
+        result = {"run": str(args.run), "checkpoint": args.checkpoint, "data": args.data or meta["data"],
+                  "split": args.split, "folds": args.folds, **result}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from xmr.demo import run_demo
+
+    return run_demo(Path(args.out), quiet=args.quiet)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from xmr.models import model_names
+
+    p = argparse.ArgumentParser(prog="xmr", description="Cross-modal image-sentence retrieval.",
+                                epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(name, help_, fn):
+        sp = sub.add_parser(name, help=help_, description=help_, epilog=EXAMPLES,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        sp.set_defaults(fn=fn)
+        return sp
+
+    d = add("data", "Read a dataset and print its splits (checks the files).", cmd_data)
+    d.add_argument("data", help="dataset spec, e.g. flickr8k or synthetic")
+    d.add_argument("--splits", nargs="+", default=["train", "dev", "test"])
+    d.add_argument("--show", type=int, default=3, help="captions to print per split")
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--cache", default="runs/cache", help="feature cache folder (default runs/cache)")
+    common.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+
+    f = add("features", "Extract EfficientNet-Lite0 grid and pooled features (resumable, cached).",
+            cmd_features)
+    f._add_container_actions(common)
+    f.add_argument("data", help="dataset spec")
+    f.add_argument("--splits", nargs="+", default=["train", "dev", "test"])
+    f.add_argument("--extractor", default="efficientnet-lite0-224",
+                   help="efficientnet-lite0-224 (7x7 grid) or efficientnet-lite0-448 (14x14 grid)")
+    f.add_argument("--batch-size", type=int, default=32)
+    f.add_argument("--json", help="write throughput stats here")
+
+    t = add("train", "Train a model: dev validation each epoch, best checkpoint kept.", cmd_train)
+    t._add_container_actions(common)
+    t.add_argument("--model", default="vsepp", choices=model_names())
+    t.add_argument("--preset", default="tiny", help="named setting of the model (see its file)")
+    t.add_argument("--data", default="synthetic", help="dataset spec")
+    t.add_argument("--extractor", default="efficientnet-lite0-224")
+    t.add_argument("--out", default="runs/train", help="run folder (checkpoints, metrics, curve)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a preset value, e.g. --set epochs=5 --set embed_dim=256")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    e = add("eval", "Evaluate a trained run: R@1/5/10, medr, meanr, rsum, mR.", cmd_eval)
+    e._add_container_actions(common)
+    e.add_argument("run", help="run folder written by xmr train")
+    e.add_argument("--split", default="test")
+    e.add_argument("--data", help="dataset spec (default: the one the run was trained on)")
+    e.add_argument("--folds", type=int, default=1, help="5 for COCO 1K (mean over five 1K folds)")
+    e.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    e.add_argument("--json", help="write the full result (with every query's rank) here")
+
+    m = add("demo", "Synthetic data, small VSE++: train, evaluate, print the R@K table.", cmd_demo)
+    m.add_argument("--out", default="runs/demo")
+    m.add_argument("--quiet", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from xmr.data.base import DataError
+    from xmr.checkpoint import CheckpointError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (DataError, CheckpointError, KeyError) as e:
+        print(f"xmr: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Datasets behind one reader interface: ``open_split(spec, split) -> Split``.
+
+A dataset spec is ``kind[:path][,key=value...]``:
+
+- ``synthetic`` or ``synthetic,seed=1,n_train=500`` - the built-in generated set;
+- ``flickr8k:../shared/datasets/flickr8k`` - the official Flickr8k layout;
+- ``karpathy:dataset_flickr30k.json,images=flickr30k-images`` - Karpathy-split JSON;
+- ``coco:annotations,images=val2014`` - COCO ``captions_*.json``;
+- ``precomputed:data/f30k_precomp`` - VSE++/SCAN ``{split}_ims.npy`` + ``{split}_caps.txt``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from xmr.data.base import CAPTIONS_PER_IMAGE, SPLITS, DataError, Split
+from xmr.data.coco import read_coco
+from xmr.data.flickr8k import read_flickr8k
+from xmr.data.karpathy import read_karpathy
+from xmr.data.precomputed import read_precomputed
+from xmr.data.synthetic import read_synthetic
+
+__all__ = ["DataError", "DatasetSpec", "Split", "SPLITS", "open_split"]
+
+KINDS = ("synthetic", "flickr8k", "karpathy", "coco", "precomputed")
+# The checkout sits beside shared/ (as in CI); override with flickr8k:PATH.
+DEFAULT_FLICKR8K = str(Path(__file__).resolve().parents[3] / "shared" / "datasets" / "flickr8k")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    kind: str
+    path: str | None = None
+    options: dict = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, spec: str) -> "DatasetSpec":
+        head, *opts = spec.split(",")
+        kind, _, path = head.partition(":")
+        if kind not in KINDS:
+            raise DataError(f"unknown dataset kind {kind!r} in {spec!r}; choose one of {', '.join(KINDS)}")
+        options = {}
+        for opt in opts:
+            key, eq, value = opt.partition("=")
+            if not eq:
+                raise DataError(f"dataset option {opt!r} in {spec!r} is not key=value")
+            options[key.strip()] = value.strip()
+        if kind == "flickr8k" and not path:
+            path = DEFAULT_FLICKR8K
+        if kind in ("karpathy", "coco", "precomputed") and not path:
+            raise DataError(f"dataset {kind!r} needs a path: {kind}:PATH")
+        return cls(kind, path or None, options)
+
+    @property
+    def key(self) -> str:
+        """A filesystem-safe name for caches of this dataset."""
+        from hashlib import sha1
+
+        if self.kind == "synthetic":
+            return "synthetic-" + "-".join(f"{k}{v}" for k, v in sorted(self.options.items()))
+        digest = sha1(repr((self.path, sorted(self.options.items()))).encode()).hexdigest()[:8]
+        return f"{self.kind}-{digest}"
+
+
+def open_split(spec: str | DatasetSpec, split: str) -> Split:
+    """Read one split of a dataset."""
+    s = DatasetSpec.parse(spec) if isinstance(spec, str) else spec
+    k = int(s.options.get("captions_per_image", CAPTIONS_PER_IMAGE))
+    if s.kind == "synthetic":
+        n = s.options.get(f"n_{split}")
+        return read_synthetic(split, seed=int(s.options.get("seed", 0)),
+                              n_images=int(n) if n else None, captions_per_image=k)
+    if s.kind == "flickr8k":
+        return read_flickr8k(s.path, split, k)
+    if s.kind == "karpathy":
+        return read_karpathy(s.path, split, s.options.get("images"), k)
+    if s.kind == "coco":
+        return read_coco(s.path, split, s.options.get("images"), k)
+    return read_precomputed(s.path, split, k)

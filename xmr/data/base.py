@@ -1,0 +1,92 @@
+"""One reader interface for every dataset: splits -> images with ids, their captions, labels.
+
+A reader returns a :class:`Split`; everything downstream (feature extraction, training,
+evaluation, indexing) consumes only this type, so a new dataset is one new reader.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+CAPTIONS_PER_IMAGE = 5
+
+SPLITS = ("train", "dev", "test")
+
+
+class DataError(ValueError):
+    """Bad or missing input data; the message names the file (and line) at fault."""
+
+
+@dataclass
+class Split:
+    """One split of an image-sentence dataset.
+
+    ``captions[k]`` belongs to image ``caption_image[k]``; readers keep exactly
+    ``captions_per_image`` captions per image, in image order, so that
+    ``caption_image == arange(n_captions) // captions_per_image`` (the VSE++ convention).
+    ``image_paths`` is None for precomputed-feature datasets (features come from ``features``).
+    ``labels`` is an (n_images, n_classes) 0/1 matrix where the dataset has class labels.
+    """
+
+    name: str
+    image_ids: list[str]
+    captions: list[str]
+    captions_per_image: int = CAPTIONS_PER_IMAGE
+    image_paths: list[Path] | None = None
+    labels: np.ndarray | None = None
+    label_names: list[str] | None = None
+    features: np.ndarray | None = None  # precomputed image features, (N, D) or (N, R, D)
+    images: Callable[[int], "object"] | None = field(default=None, repr=False)  # in-memory PIL images (synthetic)
+
+    def __post_init__(self) -> None:
+        n, k = len(self.image_ids), self.captions_per_image
+        if len(self.captions) != n * k:
+            raise DataError(
+                f"split {self.name!r}: {len(self.captions)} captions for {n} images; "
+                f"expected exactly {k} per image ({n * k})"
+            )
+        if self.labels is not None and len(self.labels) != n:
+            raise DataError(f"split {self.name!r}: {len(self.labels)} label rows for {n} images")
+        if self.features is not None and len(self.features) != n:
+            raise DataError(f"split {self.name!r}: {len(self.features)} feature rows for {n} images")
+
+    @property
+    def n_images(self) -> int:
+        return len(self.image_ids)
+
+    @property
+    def caption_image(self) -> np.ndarray:
+        return np.arange(len(self.captions)) // self.captions_per_image
+
+    def load_image(self, i: int):
+        """The i-th image as an RGB PIL image."""
+        if self.images is not None:
+            return self.images(i)
+        if self.image_paths is None:
+            raise DataError(f"split {self.name!r} has precomputed features only, no images")
+        from xmr.data.images import load_rgb
+
+        return load_rgb(self.image_paths[i])
+
+
+def group_captions(
+    pairs: list[tuple[str, str]], order: list[str], k: int, source: str
+) -> list[str]:
+    """Captions of each image in ``order``: the first ``k`` of its (image_id, caption) pairs.
+
+    Raises DataError naming ``source`` if an image has fewer than ``k`` captions.
+    """
+    by_image: dict[str, list[str]] = {i: [] for i in order}
+    for image_id, caption in pairs:
+        if image_id in by_image:
+            by_image[image_id].append(caption)
+    out: list[str] = []
+    for image_id in order:
+        caps = by_image[image_id]
+        if len(caps) < k:
+            raise DataError(f"{source}: image {image_id!r} has {len(caps)} captions, needs {k}")
+        out.extend(caps[:k])
+    return out

@@ -1,0 +1,45 @@
+"""Image loading and preprocessing with PIL/numpy (torchvision does not import beside this torch)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from xmr.data.base import DataError
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+MAX_PIXELS = 64_000_000  # refuse decompression bombs with a clear message
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Open any PIL-readable image (grayscale, CMYK, alpha, palette) as RGB.
+
+    Raises DataError naming the file for a missing, truncated, corrupt or huge image.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: image file not found")
+    try:
+        with Image.open(path) as im:
+            if im.width * im.height > MAX_PIXELS:
+                raise DataError(f"{path}: image is {im.width}x{im.height}, over {MAX_PIXELS} pixels")
+            im.load()
+            if im.mode in ("RGBA", "LA", "P"):
+                im = im.convert("RGBA")
+                background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+                im = Image.alpha_composite(background, im)
+            return im.convert("RGB")
+    except DataError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"{path}: cannot decode image ({e})") from e
+
+
+def to_tensor_array(im: Image.Image, size: int) -> np.ndarray:
+    """Resize to size x size (bicubic) and ImageNet-normalise: float32 (3, size, size)."""
+    im = im.resize((size, size), Image.BICUBIC)
+    x = np.asarray(im, dtype=np.float32) / 255.0
+    x = (x - IMAGENET_MEAN) / IMAGENET_STD
+    return np.ascontiguousarray(x.transpose(2, 0, 1))

@@ -1,0 +1,62 @@
+"""A split's image features and tokenised captions, served as the batches models consume."""
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from xmr.data.base import Split
+from xmr.data.text import Vocab
+
+
+class PairData:
+    """Image features (N, D) / (N, R, D) plus the split's captions as padded token ids.
+
+    Training batches are built per caption (each caption with its image), as VSE++ does; a
+    batch's ``same_image`` (B, B) marks pairs of rows that share an image, which must not be
+    used as each other's negatives.
+    """
+
+    def __init__(self, split: Split, vocab: Vocab, max_len: int = 50):
+        if split.features is None:
+            raise ValueError(f"split {split.name!r} has no features; extract them first")
+        self.split = split
+        self.features = split.features
+        self.tokens, self.lengths = vocab.encode_batch(split.captions, max_len)
+        self.caption_image = split.caption_image
+
+    @property
+    def n_images(self) -> int:
+        return len(self.features)
+
+    @property
+    def n_captions(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def image_dim(self) -> int:
+        return int(self.features.shape[-1])
+
+    def image_batch(self, idx: np.ndarray) -> dict:
+        return {"image": torch.from_numpy(np.asarray(self.features[idx], dtype=np.float32))}
+
+    def text_batch(self, idx: np.ndarray) -> dict:
+        lengths = self.lengths[idx]
+        width = int(lengths.max())
+        return {"tokens": torch.from_numpy(self.tokens[idx, :width]), "lengths": torch.from_numpy(lengths)}
+
+    def pair_batch(self, caption_idx: np.ndarray) -> tuple[dict, dict]:
+        images = self.caption_image[caption_idx]
+        batch = {**self.image_batch(images), **self.text_batch(caption_idx)}
+        same = torch.from_numpy(images[:, None] == images[None, :])
+        batch["same_image"] = same & ~torch.eye(len(images), dtype=torch.bool)
+        return batch, {"images": images, "captions": caption_idx}
+
+    def train_batches(self, batch_size: int, rng: np.random.Generator) -> Iterator[dict]:
+        order = rng.permutation(self.n_captions)
+        for s in range(0, len(order) - batch_size + 1, batch_size):  # drop the ragged last batch
+            yield self.pair_batch(order[s: s + batch_size])[0]
+
+    def n_train_batches(self, batch_size: int) -> int:
+        return self.n_captions // batch_size

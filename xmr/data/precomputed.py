@@ -1,0 +1,59 @@
+"""Precomputed-feature folders in the VSE++/SCAN release format.
+
+``{split}_ims.npy``: (N, D) or (N, R, D) image features, memory-mapped;
+``{split}_caps.txt``: one caption per line, ``captions_per_image`` per image in order.
+Optional ``{split}_ids.txt`` names the images (xmr writes it; the public releases do not).
+The public releases call the dev split ``dev`` (f30k/coco precomp) and COCO's 5K test ``testall``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from xmr.data.base import CAPTIONS_PER_IMAGE, DataError, Split
+from xmr.data.text import read_caption_line
+
+
+def load_feature_array(path: Path) -> np.ndarray:
+    """Memory-map a feature .npy and check it: 2 or 3 dims, float dtype, finite values."""
+    if not path.is_file():
+        raise DataError(f"{path}: feature file not found")
+    try:
+        arr = np.load(path, mmap_mode="r")
+    except (ValueError, OSError) as e:
+        raise DataError(f"{path}: not a readable .npy array ({e})") from e
+    if arr.ndim not in (2, 3):
+        raise DataError(f"{path}: features must be (N, D) or (N, R, D), got shape {arr.shape}")
+    if arr.dtype.kind != "f":
+        raise DataError(f"{path}: features must be float16/32/64, got {arr.dtype}")
+    # Check finiteness in chunks so a huge file is never loaded whole.
+    step = max(1, 2**24 // max(1, int(np.prod(arr.shape[1:]))))
+    for s in range(0, len(arr), step):
+        bad = ~np.isfinite(arr[s:s + step])
+        if bad.any():
+            row = s + int(np.argwhere(bad)[0][0])
+            raise DataError(f"{path}: row {row} has NaN or inf features")
+    return arr
+
+
+def read_precomputed(root: str | Path, split: str, captions_per_image: int = CAPTIONS_PER_IMAGE) -> Split:
+    root = Path(root)
+    feats = load_feature_array(root / f"{split}_ims.npy")
+    caps_file = root / f"{split}_caps.txt"
+    if not caps_file.is_file():
+        raise DataError(f"{caps_file}: caption file not found")
+    with open(caps_file, "rb") as fh:
+        captions = [read_caption_line(raw, caps_file, n)[1] for n, raw in enumerate(fh, 1)]
+    k = captions_per_image
+    if len(feats) * k != len(captions) and len(feats) == len(captions) and len(feats) % k == 0:
+        # Some releases repeat each image's row once per caption (VSE++'s im_div = 1 case).
+        feats = feats[::k]
+    n = len(feats)
+    if len(captions) != n * k:
+        raise DataError(f"{root}: {split}_ims.npy has {n} rows but {split}_caps.txt has {len(captions)} "
+                        f"captions; expected {k} per image ({n * k})")
+    ids_file = root / f"{split}_ids.txt"
+    ids = (ids_file.read_text(encoding="utf-8").split("\n")[:n] if ids_file.is_file()
+           else [f"{split}-{i}" for i in range(n)])
+    return Split(split, ids, captions, captions_per_image, features=feats)

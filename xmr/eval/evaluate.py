@@ -1,0 +1,111 @@
+"""Evaluation through the model interface: encode once, score in bounded blocks, rank.
+
+Memory is bounded by the block size: the (Ni, Nt) score matrix is never held whole; each block
+of ``image_chunk`` images is scored against all captions (in ``caption_chunk`` slices, which is
+what bounds a pairwise model's work) and reduced to ranks at once. Text->image ranks need each
+caption's ground-truth score first; it comes from a cheap pass over the diagonal blocks
+(an image chunk against its own captions).
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from xmr.data.pairs import PairData
+from xmr.eval.metrics import i2t_ranks, mean_over_folds, summarize, t2i_counts
+from xmr.models.base import Reps, RetrievalModel
+
+
+def _cat(parts: list[Reps]) -> Reps:
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+def take(reps: Reps, idx) -> Reps:
+    return {k: v[idx] for k, v in reps.items()}
+
+
+@torch.no_grad()
+def encode(model: RetrievalModel, data: PairData, batch_size: int = 256,
+           progress: bool = False) -> tuple[Reps, Reps]:
+    """Every image's and caption's per-item parts, computed once."""
+    model.eval()
+    imgs = [model.encode_images(data.image_batch(np.arange(s, min(s + batch_size, data.n_images))))
+            for s in tqdm(range(0, data.n_images, batch_size), desc="encode images", disable=not progress)]
+    txts = [model.encode_texts(data.text_batch(np.arange(s, min(s + batch_size, data.n_captions))))
+            for s in tqdm(range(0, data.n_captions, batch_size), desc="encode captions", disable=not progress)]
+    return _cat(imgs), _cat(txts)
+
+
+@torch.no_grad()
+def score_rows(model: RetrievalModel, img: Reps, txt: Reps, caption_chunk: int) -> torch.Tensor:
+    """Scores of a few images against all captions, built from caption slices."""
+    n = next(iter(txt.values())).size(0)
+    return torch.cat([model.similarity(img, take(txt, slice(s, s + caption_chunk)))
+                      for s in range(0, n, caption_chunk)], dim=1)
+
+
+@torch.no_grad()
+def ranks(model: RetrievalModel, img: Reps, txt: Reps, caption_image: np.ndarray,
+          image_chunk: int = 256, caption_chunk: int = 8192, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """0-based image->text and text->image ranks of every query, in bounded memory."""
+    model.eval()
+    cap_img = torch.as_tensor(caption_image, dtype=torch.long)
+    ni, nt = next(iter(img.values())).size(0), cap_img.numel()
+    order = torch.argsort(cap_img, stable=True)
+    gt = torch.empty(nt)
+    for s in range(0, ni, image_chunk):  # diagonal blocks: each caption with its own image
+        e = min(ni, s + image_chunk)
+        cols = order[(cap_img[order] >= s) & (cap_img[order] < e)]
+        block = score_rows(model, take(img, slice(s, e)), take(txt, cols), caption_chunk)
+        gt[cols] = block[cap_img[cols] - s, torch.arange(cols.numel())].float()
+    i2t = torch.empty(ni, dtype=torch.long)
+    t2i = torch.zeros(nt, dtype=torch.long)
+    bar = tqdm(total=ni * nt, desc="score pairs", unit="pair", unit_scale=True, disable=not progress)
+    for s in range(0, ni, image_chunk):
+        e = min(ni, s + image_chunk)
+        block = score_rows(model, take(img, slice(s, e)), txt, caption_chunk).float()
+        i2t[s:e] = i2t_ranks(block, cap_img, s)
+        t2i += t2i_counts(block, gt, cap_img, s)
+        bar.update((e - s) * nt)
+    bar.close()
+    return i2t.numpy(), t2i.numpy()
+
+
+def evaluate(model: RetrievalModel, data: PairData, folds: int = 1, progress: bool = False,
+             image_chunk: int = 256, caption_chunk: int = 8192) -> dict:
+    """R@1/5/10, medr, meanr both ways, rsum, mR on the whole split (``folds=1``, e.g. Flickr 1K
+    test or COCO 5K) or as the mean over ``folds`` equal image folds (COCO 1K: ``folds=5``)."""
+    t0 = time.perf_counter()
+    img, txt = encode(model, data, progress=progress)
+    t_encode = time.perf_counter() - t0
+    if data.n_images % folds:
+        raise ValueError(f"{data.n_images} images do not split into {folds} equal folds")
+    size = data.n_images // folds
+    per_fold = []
+    for f in range(folds):
+        lo, hi = f * size, (f + 1) * size
+        cols = np.flatnonzero((data.caption_image >= lo) & (data.caption_image < hi))
+        r_i2t, r_t2i = ranks(model, take(img, slice(lo, hi)), take(txt, torch.as_tensor(cols)),
+                             data.caption_image[cols] - lo, image_chunk, caption_chunk, progress)
+        res = summarize(r_i2t, r_t2i)
+        res["ranks"] = {"i2t": r_i2t.tolist(), "t2i": r_t2i.tolist()}
+        per_fold.append(res)
+    out = per_fold[0] if folds == 1 else mean_over_folds(per_fold)
+    if folds > 1:
+        out["per_fold"] = [{k: v for k, v in r.items() if k != "ranks"} for r in per_fold]
+    out["seconds"] = {"encode": t_encode, "total": time.perf_counter() - t0}
+    return out
+
+
+def format_table(result: dict) -> str:
+    """The R@K table a person reads."""
+    a, b = result["i2t"], result["t2i"]
+    head = f"{'':14s}{'R@1':>7s}{'R@5':>7s}{'R@10':>7s}{'medr':>7s}{'meanr':>8s}"
+    rows = [f"{name:14s}{d['r1']:7.1f}{d['r5']:7.1f}{d['r10']:7.1f}{d['medr']:7.0f}{d['meanr']:8.1f}"
+            for name, d in (("image->text", a), ("text->image", b))]
+    tail = f"rsum {result['rsum']:.1f}   mR {result['mR']:.1f}   ({result['n_images']} images, " \
+           f"{result['n_captions']} captions)"
+    return "\n".join([head, *rows, tail])

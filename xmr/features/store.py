@@ -1,0 +1,47 @@
+"""Where features live and how a model's image input is served from them.
+
+Extracted features are cached under ``<cache>/features/<dataset key>/<extractor>/`` and reused;
+precomputed-feature datasets bring their own. A model asks for ``pooled`` (N, D) or ``regions``
+(N, R, D) input; pooled input from a region file is the region mean, and region input from a
+pooled file is a single region.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from xmr.data import DatasetSpec, Split, open_split
+from xmr.data.precomputed import read_precomputed
+from xmr.features.image import extract_split, feature_dirs
+
+DEFAULT_CACHE = Path(os.environ.get("XMR_CACHE", "runs/cache"))
+IMAGE_INPUTS = ("pooled", "regions")
+
+
+def feature_root(spec: DatasetSpec, extractor: str, cache: Path = DEFAULT_CACHE) -> Path:
+    return Path(cache) / "features" / spec.key / extractor
+
+
+def split_with_features(data: str | DatasetSpec, split: str, image_input: str,
+                        extractor: str = "efficientnet-lite0-224", cache: Path = DEFAULT_CACHE,
+                        progress: bool = True) -> Split:
+    """The split with ``features`` set to what ``image_input`` asks for, extracting on first use."""
+    if image_input not in IMAGE_INPUTS:
+        raise ValueError(f"image input must be one of {IMAGE_INPUTS}, not {image_input!r}")
+    spec = DatasetSpec.parse(data) if isinstance(data, str) else data
+    raw = open_split(spec, split)
+    if raw.features is None:
+        root = feature_root(spec, extractor, cache)
+        extract_split(raw, root, extractor, progress=progress)
+        grid_dir, pooled_dir = feature_dirs(root)
+        stored = read_precomputed(grid_dir if image_input == "regions" else pooled_dir, split,
+                                  raw.captions_per_image)
+        raw.features = stored.features
+    feats = raw.features
+    if image_input == "pooled" and feats.ndim == 3:
+        raw.features = np.asarray(feats, dtype=np.float32).mean(1)
+    elif image_input == "regions" and feats.ndim == 2:
+        raw.features = feats[:, None, :]
+    return raw

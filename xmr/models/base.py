@@ -1,0 +1,109 @@
+"""The one interface every xmr model implements, and the model registry.
+
+Training, evaluation, two-step re-ranking and search talk to models only through this class:
+
+- ``encode_images(batch) -> Reps`` and ``encode_texts(batch) -> Reps``: per-item parts, computed
+  once per item (a ``Reps`` is a dict of tensors batched on dim 0);
+- ``similarity(img, txt) -> (Ni, Nt)``: the score of every image against every sentence. For an
+  embedding model it is a matrix product; a pairwise model (ACMM, MMCA's cross branch, JGCAR's
+  co-attention) computes the block from both sides' parts at once;
+- ``embed(reps)``: a vector per item for a first-stage index (the embedding itself, or a pairwise
+  model's cheap global part); None if the model has none;
+- ``loss(img, txt, batch) -> dict``: the training objective on a batch of matching pairs
+  (row k of ``img`` matches row k of ``txt``), ``"loss"`` plus anything worth logging.
+
+``inputs`` says what a batch must carry: image ``pooled`` (N, D) or ``regions`` (N, R, D)
+features, and text ``tokens`` (ids from the training-split vocabulary).
+A model file registers itself with ``@register("name", presets={...})``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+import torch
+from torch import nn
+
+Reps = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Inputs:
+    image: str = "pooled"  # "pooled" | "regions"
+    text: tuple[str, ...] = ("tokens",)
+
+
+class RetrievalModel(nn.Module):
+    name: ClassVar[str] = ""
+    inputs: ClassVar[Inputs] = Inputs()
+    pairwise: ClassVar[bool] = False
+
+    def encode_images(self, batch: dict) -> Reps:
+        raise NotImplementedError
+
+    def encode_texts(self, batch: dict) -> Reps:
+        raise NotImplementedError
+
+    def similarity(self, img: Reps, txt: Reps) -> torch.Tensor:
+        """Scores (Ni, Nt). Default: embedding model, dot product of ``embed`` vectors."""
+        return self.embed(img) @ self.embed(txt).T
+
+    def embed(self, reps: Reps) -> torch.Tensor | None:
+        return reps.get("emb")
+
+    def loss(self, img: Reps, txt: Reps, batch: dict) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Hook for schedules that live in the model (e.g. VSE++'s switch to hardest negatives)."""
+
+
+@dataclass
+class Preset:
+    """A named setting of a model: its constructor arguments and its training recipe."""
+
+    model: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+    note: str = ""
+
+
+@dataclass
+class ModelEntry:
+    cls: type[RetrievalModel]
+    presets: dict[str, Preset]
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register(name: str, presets: dict[str, Preset]) -> Callable[[type], type]:
+    def wrap(cls: type[RetrievalModel]) -> type[RetrievalModel]:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} registered twice")
+        cls.name = name
+        _REGISTRY[name] = ModelEntry(cls, presets)
+        return cls
+
+    return wrap
+
+
+def model_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_entry(name: str) -> ModelEntry:
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown model {name!r}; registered: {', '.join(model_names())}")
+    return _REGISTRY[name]
+
+
+def get_preset(name: str, preset: str) -> Preset:
+    entry = get_entry(name)
+    if preset not in entry.presets:
+        raise KeyError(f"model {name!r} has no preset {preset!r}; presets: {', '.join(entry.presets)}")
+    return entry.presets[preset]
+
+
+def create_model(name: str, **kwargs: Any) -> RetrievalModel:
+    """Build a registered model; ``kwargs`` are its constructor arguments (preset plus data facts)."""
+    return get_entry(name).cls(**kwargs)

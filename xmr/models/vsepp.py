@@ -1,0 +1,77 @@
+"""VSE++ (Faghri, Fleet, Kiros, Fidler, BMVC 2018): the common baseline.
+
+Image: linear projection of the pooled CNN feature (or the mean of region features), l2-normed
+(VSE++ ``EncoderImagePrecomp``). Text: word embeddings -> GRU, final state, l2-normed.
+Similarity: cosine (dot product of unit vectors). Loss: Eq. 5, hinge triplet with the hardest
+negative in the batch (MH), margin 0.2; Eq. 4 (sum of violations, SH) for ``warmup_epochs``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch.nn.functional as F
+from torch import nn
+
+from xmr.losses import triplet_ranking_loss
+from xmr.models.base import Inputs, Preset, RetrievalModel, Reps, register
+from xmr.models.text_encoders import GRUEncoder
+
+PRESETS = {
+    # The VSE++ paper's precomputed-feature setting (1024-d space, 300-d words, GRU, lr 2e-4
+    # for 15 epochs then 2e-5, batch 128, grad clip 2, margin 0.2, max violation).
+    "paper": Preset(
+        model=dict(embed_dim=1024, word_dim=300, bidirectional=False, margin=0.2, warmup_epochs=0),
+        train=dict(epochs=30, batch_size=128, lr=2e-4, lr_decay_epochs=[15], lr_decay=0.1,
+                   grad_clip=2.0, optimizer="adam"),
+        note="Faghri et al. 2018, precomputed image features",
+    ),
+    # Trains on 2 CPU cores: smaller GRU, BiGRU, one warm-up epoch of sum-of-violations.
+    "cpu": Preset(
+        model=dict(embed_dim=512, word_dim=300, bidirectional=True, margin=0.2, warmup_epochs=1),
+        train=dict(epochs=20, batch_size=128, lr=2e-4, lr_decay_epochs=[12], lr_decay=0.1,
+                   grad_clip=2.0, optimizer="adam"),
+        note="small enough for 2 CPU cores",
+    ),
+    # The demo and tests on the synthetic set.
+    "tiny": Preset(
+        model=dict(embed_dim=256, word_dim=64, bidirectional=True, margin=0.2, warmup_epochs=1),
+        train=dict(epochs=8, batch_size=64, lr=1e-3, lr_decay_epochs=[6], lr_decay=0.1,
+                   grad_clip=2.0, optimizer="adam"),
+        note="synthetic demo",
+    ),
+}
+
+
+@register("vsepp", presets=PRESETS)
+class VSEPP(RetrievalModel):
+    inputs = Inputs(image="pooled", text=("tokens",))
+
+    def __init__(self, vocab_size: int, image_dim: int, embed_dim: int = 1024, word_dim: int = 300,
+                 bidirectional: bool = False, margin: float = 0.2, warmup_epochs: int = 0,
+                 word_init: np.ndarray | None = None):
+        super().__init__()
+        self.image_fc = nn.Linear(image_dim, embed_dim)
+        # Xavier init as in the VSE++ code.
+        r = np.sqrt(6.0) / np.sqrt(image_dim + embed_dim)
+        nn.init.uniform_(self.image_fc.weight, -r, r)
+        nn.init.zeros_(self.image_fc.bias)
+        self.text = GRUEncoder(vocab_size, word_dim, embed_dim, bidirectional, word_init)
+        self.margin, self.warmup_epochs = margin, warmup_epochs
+        self.max_violation = warmup_epochs == 0
+
+    def encode_images(self, batch: dict) -> Reps:
+        feats = batch["image"]
+        if feats.dim() == 3:
+            feats = feats.mean(1)
+        return {"emb": F.normalize(self.image_fc(feats), dim=-1)}
+
+    def encode_texts(self, batch: dict) -> Reps:
+        _, sentence = self.text(batch["tokens"], batch["lengths"])
+        return {"emb": F.normalize(sentence, dim=-1)}
+
+    def loss(self, img: Reps, txt: Reps, batch: dict) -> dict:
+        scores = self.similarity(img, txt)
+        loss = triplet_ranking_loss(scores, self.margin, self.max_violation, batch.get("same_image"))
+        return {"loss": loss}
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.max_violation = epoch >= self.warmup_epochs

@@ -1,0 +1,211 @@
+"""One training loop for every model: data -> batches -> ``model.loss`` -> optimiser.
+
+Each epoch ends with a dev evaluation (rsum); the best checkpoint is kept, the last one is kept
+for ``--resume``, and ``metrics.jsonl`` plus ``curve.png`` record the run. Batch order depends only
+on ``(seed, epoch)`` and the torch RNG is checkpointed, so a resumed run continues exactly.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from xmr import checkpoint
+from xmr.data import DatasetSpec
+from xmr.data.pairs import PairData
+from xmr.data.text import Vocab, glove_vectors
+from xmr.eval.evaluate import evaluate, format_table
+from xmr.features.store import DEFAULT_CACHE, split_with_features
+from xmr.models import create_model, get_entry, get_preset
+from xmr.models.base import RetrievalModel
+
+RECIPE_DEFAULTS = dict(epochs=10, batch_size=128, lr=2e-4, optimizer="adam", momentum=0.9,
+                       weight_decay=0.0, lr_decay_epochs=[], lr_decay=0.1, grad_clip=2.0,
+                       max_len=50, min_word_count=1, word_vectors="glove")
+
+
+@dataclass
+class TrainConfig:
+    model: str = "vsepp"
+    preset: str = "tiny"
+    data: str = "synthetic"
+    extractor: str = "efficientnet-lite0-224"
+    out: str = "runs/demo"
+    seed: int = 0
+    overrides: dict[str, Any] = field(default_factory=dict)  # recipe keys or model keys
+    cache: str = str(DEFAULT_CACHE)
+    progress: bool = True
+
+    def resolved(self) -> tuple[dict, dict]:
+        """(model kwargs, training recipe): the preset with ``overrides`` applied."""
+        preset = get_preset(self.model, self.preset)
+        model_kw, recipe = dict(preset.model), {**RECIPE_DEFAULTS, **preset.train}
+        allowed = set(inspect.signature(get_entry(self.model).cls.__init__).parameters) - {"self"}
+        for key, value in self.overrides.items():
+            if key in recipe:
+                recipe[key] = value
+            elif key in allowed:
+                model_kw[key] = value
+            else:
+                raise KeyError(f"--set {key}: not a training setting ({', '.join(sorted(recipe))}) "
+                               f"nor a {self.model} argument ({', '.join(sorted(allowed))})")
+        return model_kw, recipe
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+
+
+def build_optimizers(model: RetrievalModel, recipe: dict) -> list[torch.optim.Optimizer]:
+    """The model's own optimiser set-up if it defines one (e.g. JGCAR's two), else one from the recipe."""
+    custom = getattr(model, "build_optimizers", None)
+    if custom is not None:
+        return custom(recipe)
+    return [make_optimizer(recipe["optimizer"], model.parameters(), recipe)]
+
+
+def make_optimizer(kind: str, params, recipe: dict) -> torch.optim.Optimizer:
+    lr, wd = recipe["lr"], recipe["weight_decay"]
+    if kind == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    if kind == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=recipe["momentum"], weight_decay=wd)
+    if kind == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, momentum=recipe["momentum"], weight_decay=wd)
+    raise ValueError(f"unknown optimizer {kind!r}")
+
+
+def set_lr(optimizers: list[torch.optim.Optimizer], recipe: dict, epoch: int) -> float:
+    factor = recipe["lr_decay"] ** sum(epoch >= e for e in recipe["lr_decay_epochs"])
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+            group["lr"] = group["initial_lr"] * factor
+    return optimizers[0].param_groups[0]["lr"]
+
+
+def load_data(cfg: TrainConfig, image_input: str, split: str) -> "Split":  # noqa: F821
+    return split_with_features(cfg.data, split, image_input, cfg.extractor, Path(cfg.cache), cfg.progress)
+
+
+def build(cfg: TrainConfig, vocab: Vocab, image_dim: int, word_vectors: bool) -> tuple[RetrievalModel, dict]:
+    model_kw, recipe = cfg.resolved()
+    kw = {**model_kw, "vocab_size": len(vocab), "image_dim": image_dim}
+    params = inspect.signature(get_entry(cfg.model).cls.__init__).parameters
+    if word_vectors and "word_init" in params and recipe["word_vectors"] == "glove":
+        dim = kw.get("word_dim", params["word_dim"].default)
+        kw["word_init"], _ = glove_vectors(vocab, dim, cfg.seed)
+    return create_model(cfg.model, **kw), recipe
+
+
+def plot_curve(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] + 1 for r in rows]
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
+    ax[0].plot(epochs, [r["train_loss"] for r in rows], marker="o")
+    ax[0].set(xlabel="epoch", ylabel="mean training loss", title="training loss")
+    for key, label in (("dev_i2t_r1", "image→text R@1"), ("dev_t2i_r1", "text→image R@1")):
+        ax[1].plot(epochs, [r[key] for r in rows], marker="o", label=label)
+    ax[1].set(xlabel="epoch", ylabel="dev R@1 (%)", title="dev recall")
+    ax[1].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> dict:
+    """Train, validating on dev each epoch; returns the best dev result."""
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if resume:
+        saved = json.loads((out / "config.json").read_text())
+        cfg = TrainConfig(**{**saved, "progress": cfg.progress})
+    seed_everything(cfg.seed)
+    model_cls = get_entry(cfg.model).cls
+    image_input = model_cls.inputs.image
+    train_split = load_data(cfg, image_input, "train")
+    dev_split = load_data(cfg, image_input, "dev")
+    _, recipe = cfg.resolved()
+    if resume:
+        vocab = Vocab.load(out / "vocab.json")
+    else:
+        vocab = Vocab.build(train_split.captions, recipe["min_word_count"])  # training split only
+        vocab.save(out / "vocab.json")
+        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    train_data = PairData(train_split, vocab, recipe["max_len"])
+    dev_data = PairData(dev_split, vocab, recipe["max_len"])
+    model, recipe = build(cfg, vocab, train_data.image_dim, word_vectors=not resume)
+    optimizers = build_optimizers(model, recipe)
+    model_kw, _ = cfg.resolved()
+    meta_base = {"model": cfg.model, "model_kwargs": {**model_kw, "vocab_size": len(vocab),
+                                                      "image_dim": train_data.image_dim},
+                 "image_input": image_input, "extractor": cfg.extractor, "data": cfg.data,
+                 "max_len": recipe["max_len"]}
+
+    start, best, rows = 0, {"rsum": -1.0}, []
+    if resume and (out / "last.json").is_file():
+        meta = checkpoint.load(out / "last", model, optimizers)
+        start, best = meta["epoch"] + 1, meta["best"]
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][:start]
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    print(f"{cfg.model}/{cfg.preset}: {n_params / 1e6:.2f}M parameters, {train_data.n_captions} training "
+          f"pairs, vocab {len(vocab)}, epochs {start}..{recipe['epochs'] - 1}", flush=True)
+
+    for epoch in range(start, recipe["epochs"]):
+        lr = set_lr(optimizers, recipe, epoch)
+        model.on_epoch_start(epoch)
+        model.train()
+        rng = np.random.default_rng([cfg.seed, epoch])
+        losses, t0 = [], time.perf_counter()
+        bar = tqdm(train_data.train_batches(recipe["batch_size"], rng), total=train_data.n_train_batches(
+            recipe["batch_size"]), desc=f"epoch {epoch + 1}/{recipe['epochs']}", disable=not cfg.progress)
+        for batch in bar:
+            parts = model.loss(model.encode_images(batch), model.encode_texts(batch), batch)
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
+            parts["loss"].backward()
+            if recipe["grad_clip"]:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), recipe["grad_clip"])
+            for opt in optimizers:
+                opt.step()
+            losses.append(parts["loss"].item())
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        train_seconds = time.perf_counter() - t0
+        dev = evaluate(model, dev_data)
+        row = {"epoch": epoch, "lr": lr, "train_loss": float(np.mean(losses)), "train_seconds": train_seconds,
+               "pairs_per_s": len(losses) * recipe["batch_size"] / train_seconds,
+               "dev_rsum": dev["rsum"], "dev_i2t_r1": dev["i2t"]["r1"], "dev_t2i_r1": dev["t2i"]["r1"]}
+        rows.append(row)
+        print(f"epoch {epoch + 1}: loss {row['train_loss']:.4f}  dev rsum {dev['rsum']:.1f}  "
+              f"i2t R@1 {dev['i2t']['r1']:.1f}  t2i R@1 {dev['t2i']['r1']:.1f}  ({train_seconds:.0f}s)", flush=True)
+        if dev["rsum"] > best["rsum"]:
+            best = {k: v for k, v in dev.items() if k != "ranks"} | {"epoch": epoch}
+            checkpoint.save(out / "best", model, {**meta_base, "epoch": epoch, "dev": best})
+        checkpoint.save(out / "last", model, {**meta_base, "epoch": epoch, "best": best}, optimizers)
+        (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        plot_curve(rows, out / "curve.png")
+    print(f"best dev epoch {best.get('epoch', -1) + 1}:\n{format_table(best)}" if "i2t" in best else "", flush=True)
+    return best
+
+
+def load_trained(run: str | Path, which: str = "best") -> tuple[RetrievalModel, Vocab, dict]:
+    """A trained model, its vocabulary and its checkpoint metadata from a run directory."""
+    run = Path(run)
+    stem = run / which
+    meta = checkpoint.read_meta(stem)
+    model = create_model(meta["model"], **meta["model_kwargs"])
+    checkpoint.load(stem, model)
+    return model.eval(), Vocab.load(run / "vocab.json"), meta
