@@ -47,13 +47,10 @@ def cmd_data(args) -> int:
 
 
 def cmd_features(args) -> int:
-    import torch
-
     from xmr.data import DatasetSpec, open_split
     from xmr.features.image import extract_split
     from xmr.features.store import feature_root
 
-    torch.set_num_threads(args.threads)
     spec = DatasetSpec.parse(args.data)
     root = feature_root(spec, args.extractor, Path(args.cache))
     stats = [extract_split(open_split(spec, split), root, args.extractor, args.batch_size)
@@ -83,18 +80,14 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    import torch
-
-    from xmr.data.pairs import PairData
     from xmr.eval.evaluate import evaluate, format_table
+    from xmr.features.store import pair_data
     from xmr.train import load_trained
-    from xmr.features.store import split_with_features
 
-    torch.set_num_threads(args.threads)
     model, vocab, meta = load_trained(args.run, args.checkpoint)
-    split = split_with_features(args.data or meta["data"], args.split, meta["image_input"],
-                                meta["extractor"], Path(args.cache))
-    result = evaluate(model, PairData(split, vocab, meta["max_len"]), folds=args.folds, progress=True)
+    data = pair_data(args.data or meta["data"], args.split, model.inputs, vocab, meta["max_len"],
+                     meta["extractor"], Path(args.cache))
+    result = evaluate(model, data, folds=args.folds, progress=True)
     print(format_table(result))
     if args.json:
         result = {"run": str(args.run), "checkpoint": args.checkpoint, "data": args.data or meta["data"],
@@ -107,7 +100,7 @@ def cmd_eval(args) -> int:
 def cmd_demo(args) -> int:
     from xmr.demo import run_demo
 
-    return run_demo(Path(args.out), quiet=args.quiet)
+    return run_demo(Path(args.out), Path(args.cache), quiet=args.quiet)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -165,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", help="write the full result (with every query's rank) here")
 
     m = add("demo", "Synthetic data, small VSE++: train, evaluate, print the R@K table.", cmd_demo)
+    m._add_container_actions(common)
     m.add_argument("--out", default="runs/demo")
     m.add_argument("--quiet", action="store_true")
     return p
@@ -175,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     from xmr.checkpoint import CheckpointError
 
     args = build_parser().parse_args(argv)
+    if hasattr(args, "threads"):
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         return args.fn(args)
     except (DataError, CheckpointError, KeyError) as e:

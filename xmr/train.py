@@ -18,11 +18,10 @@ import torch
 from tqdm import tqdm
 
 from xmr import checkpoint
-from xmr.data import DatasetSpec
-from xmr.data.pairs import PairData
+from xmr.data import open_split
 from xmr.data.text import Vocab, glove_vectors
 from xmr.eval.evaluate import evaluate, format_table
-from xmr.features.store import DEFAULT_CACHE, split_with_features
+from xmr.features.store import DEFAULT_CACHE, pair_data
 from xmr.models import create_model, get_entry, get_preset
 from xmr.models.base import RetrievalModel
 
@@ -92,18 +91,15 @@ def set_lr(optimizers: list[torch.optim.Optimizer], recipe: dict, epoch: int) ->
     return optimizers[0].param_groups[0]["lr"]
 
 
-def load_data(cfg: TrainConfig, image_input: str, split: str) -> "Split":  # noqa: F821
-    return split_with_features(cfg.data, split, image_input, cfg.extractor, Path(cfg.cache), cfg.progress)
-
-
-def build(cfg: TrainConfig, vocab: Vocab, image_dim: int, word_vectors: bool) -> tuple[RetrievalModel, dict]:
+def build(cfg: TrainConfig, vocab: Vocab, image_dim: int, word_vectors: bool) -> RetrievalModel:
+    """The model for this config; ``word_vectors`` initialises its word embeddings from GloVe."""
     model_kw, recipe = cfg.resolved()
     kw = {**model_kw, "vocab_size": len(vocab), "image_dim": image_dim}
     params = inspect.signature(get_entry(cfg.model).cls.__init__).parameters
     if word_vectors and "word_init" in params and recipe["word_vectors"] == "glove":
         dim = kw.get("word_dim", params["word_dim"].default)
         kw["word_init"], _ = glove_vectors(vocab, dim, cfg.seed)
-    return create_model(cfg.model, **kw), recipe
+    return create_model(cfg.model, **kw)
 
 
 def plot_curve(rows: list[dict], path: Path) -> None:
@@ -127,36 +123,35 @@ def plot_curve(rows: list[dict], path: Path) -> None:
 
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
     """Train, validating on dev each epoch; returns the best dev result."""
-    torch.set_num_threads(min(2, torch.get_num_threads()))
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    if resume:
+    resuming = resume and (out / "last.json").is_file()
+    if resume and not resuming:
+        print(f"nothing to resume in {out} (no last checkpoint); starting a new run", flush=True)
+    if resuming:
         saved = json.loads((out / "config.json").read_text())
         cfg = TrainConfig(**{**saved, "progress": cfg.progress})
     seed_everything(cfg.seed)
-    model_cls = get_entry(cfg.model).cls
-    image_input = model_cls.inputs.image
-    train_split = load_data(cfg, image_input, "train")
-    dev_split = load_data(cfg, image_input, "dev")
-    _, recipe = cfg.resolved()
-    if resume:
+    inputs = get_entry(cfg.model).cls.inputs
+    model_kw, recipe = cfg.resolved()
+    if resuming:
         vocab = Vocab.load(out / "vocab.json")
     else:
-        vocab = Vocab.build(train_split.captions, recipe["min_word_count"])  # training split only
+        # The vocabulary comes from the training split only.
+        vocab = Vocab.build(open_split(cfg.data, "train").captions, recipe["min_word_count"])
         vocab.save(out / "vocab.json")
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
-    train_data = PairData(train_split, vocab, recipe["max_len"])
-    dev_data = PairData(dev_split, vocab, recipe["max_len"])
-    model, recipe = build(cfg, vocab, train_data.image_dim, word_vectors=not resume)
+    train_data, dev_data = (pair_data(cfg.data, split, inputs, vocab, recipe["max_len"], cfg.extractor,
+                                      Path(cfg.cache), cfg.progress) for split in ("train", "dev"))
+    model = build(cfg, vocab, train_data.image_dim, word_vectors=not resuming)
     optimizers = build_optimizers(model, recipe)
-    model_kw, _ = cfg.resolved()
     meta_base = {"model": cfg.model, "model_kwargs": {**model_kw, "vocab_size": len(vocab),
                                                       "image_dim": train_data.image_dim},
-                 "image_input": image_input, "extractor": cfg.extractor, "data": cfg.data,
+                 "image_input": inputs.image, "extractor": cfg.extractor, "data": cfg.data,
                  "max_len": recipe["max_len"]}
 
     start, best, rows = 0, {"rsum": -1.0}, []
-    if resume and (out / "last.json").is_file():
+    if resuming:
         meta = checkpoint.load(out / "last", model, optimizers)
         start, best = meta["epoch"] + 1, meta["best"]
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][:start]

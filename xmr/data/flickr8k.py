@@ -20,15 +20,21 @@ def read_flickr8k(root: str | Path, split: str, captions_per_image: int = CAPTIO
     for f in (split_file, token_file):
         if not f.is_file():
             raise DataError(f"{f}: missing (expected the official Flickr8k layout under {root})")
-    order = [ln.strip() for ln in split_file.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    listed = []  # (line number, image id)
+    with open(split_file, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            if raw.strip():
+                listed.append((lineno, read_caption_line(raw, split_file, lineno)[1]))
     pairs = []
     with open(token_file, "rb") as fh:
         for lineno, raw in enumerate(fh, 1):
-            key, caption = read_caption_line(raw, token_file, lineno, sep="\t")
-            pairs.append((key.rsplit("#", 1)[0], caption))
+            if raw.strip():
+                key, caption = read_caption_line(raw, token_file, lineno, sep="\t")
+                pairs.append((key.rsplit("#", 1)[0], caption))
     known = {p[0] for p in pairs}
-    for lineno, image_id in enumerate(order, 1):
+    for lineno, image_id in listed:
         if image_id not in known:
             raise DataError(f"{split_file}:{lineno}: image {image_id!r} has no captions in {token_file.name}")
+    order = [image_id for _, image_id in listed]
     captions = group_captions(pairs, order, captions_per_image, str(token_file))
     return Split(split, order, captions, captions_per_image, image_paths=[image_dir / i for i in order])

@@ -11,20 +11,23 @@ from xmr.data.text import Vocab
 
 
 class PairData:
-    """Image features (N, D) / (N, R, D) plus the split's captions as padded token ids.
+    """Image features (N, D) / (N, R, D) plus the split's captions as padded token ids
+    (and any per-caption text features a model reads, such as frozen BERT states).
 
     Training batches are built per caption (each caption with its image), as VSE++ does; a
     batch's ``same_image`` (B, B) marks pairs of rows that share an image, which must not be
     used as each other's negatives.
     """
 
-    def __init__(self, split: Split, vocab: Vocab, max_len: int = 50):
+    def __init__(self, split: Split, vocab: Vocab, max_len: int = 50,
+                 text_features: dict[str, np.ndarray] | None = None):
         if split.features is None:
             raise ValueError(f"split {split.name!r} has no features; extract them first")
         self.split = split
         self.features = split.features
         self.tokens, self.lengths = vocab.encode_batch(split.captions, max_len)
         self.caption_image = split.caption_image
+        self.text_features = text_features or {}  # per-caption arrays, e.g. frozen BERT states
 
     @property
     def n_images(self) -> int:
@@ -44,7 +47,10 @@ class PairData:
     def text_batch(self, idx: np.ndarray) -> dict:
         lengths = self.lengths[idx]
         width = int(lengths.max())
-        return {"tokens": torch.from_numpy(self.tokens[idx, :width]), "lengths": torch.from_numpy(lengths)}
+        batch = {"tokens": torch.from_numpy(self.tokens[idx, :width]), "lengths": torch.from_numpy(lengths)}
+        for name, values in self.text_features.items():
+            batch[name] = torch.from_numpy(np.asarray(values[idx]))
+        return batch
 
     def pair_batch(self, caption_idx: np.ndarray) -> tuple[dict, dict]:
         images = self.caption_image[caption_idx]

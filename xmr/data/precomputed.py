@@ -48,12 +48,21 @@ def read_precomputed(root: str | Path, split: str, captions_per_image: int = CAP
     k = captions_per_image
     if len(feats) * k != len(captions) and len(feats) == len(captions) and len(feats) % k == 0:
         # Some releases repeat each image's row once per caption (VSE++'s im_div = 1 case).
+        head = np.asarray(feats[: min(len(feats), 50 * k)])
+        if not np.array_equal(head, np.repeat(head[::k], k, axis=0)):
+            raise DataError(f"{root}: {split}_ims.npy has one row per caption ({len(feats)}) but the rows "
+                            f"are not repeated per image; expected {len(captions) // k} image rows")
         feats = feats[::k]
     n = len(feats)
     if len(captions) != n * k:
         raise DataError(f"{root}: {split}_ims.npy has {n} rows but {split}_caps.txt has {len(captions)} "
                         f"captions; expected {k} per image ({n * k})")
     ids_file = root / f"{split}_ids.txt"
-    ids = (ids_file.read_text(encoding="utf-8").split("\n")[:n] if ids_file.is_file()
-           else [f"{split}-{i}" for i in range(n)])
+    if ids_file.is_file():
+        with open(ids_file, "rb") as fh:
+            ids = [read_caption_line(raw, ids_file, i)[1] for i, raw in enumerate(fh, 1) if raw.strip()]
+        if len(ids) != n:
+            raise DataError(f"{ids_file}: {len(ids)} image ids for {n} feature rows")
+    else:
+        ids = [f"{split}-{i}" for i in range(n)]
     return Split(split, ids, captions, captions_per_image, features=feats)

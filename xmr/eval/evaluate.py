@@ -55,18 +55,20 @@ def ranks(model: RetrievalModel, img: Reps, txt: Reps, caption_image: np.ndarray
     cap_img = torch.as_tensor(caption_image, dtype=torch.long)
     ni, nt = next(iter(img.values())).size(0), cap_img.numel()
     order = torch.argsort(cap_img, stable=True)
-    gt = torch.empty(nt)
+    gt = None  # in the model's score dtype, so no distinct scores become ties
     for s in range(0, ni, image_chunk):  # diagonal blocks: each caption with its own image
         e = min(ni, s + image_chunk)
         cols = order[(cap_img[order] >= s) & (cap_img[order] < e)]
         block = score_rows(model, take(img, slice(s, e)), take(txt, cols), caption_chunk)
-        gt[cols] = block[cap_img[cols] - s, torch.arange(cols.numel())].float()
+        if gt is None:
+            gt = torch.empty(nt, dtype=block.dtype)
+        gt[cols] = block[cap_img[cols] - s, torch.arange(cols.numel())]
     i2t = torch.empty(ni, dtype=torch.long)
     t2i = torch.zeros(nt, dtype=torch.long)
     bar = tqdm(total=ni * nt, desc="score pairs", unit="pair", unit_scale=True, disable=not progress)
     for s in range(0, ni, image_chunk):
         e = min(ni, s + image_chunk)
-        block = score_rows(model, take(img, slice(s, e)), txt, caption_chunk).float()
+        block = score_rows(model, take(img, slice(s, e)), txt, caption_chunk)
         i2t[s:e] = i2t_ranks(block, cap_img, s)
         t2i += t2i_counts(block, gt, cap_img, s)
         bar.update((e - s) * nt)

@@ -13,8 +13,11 @@ from pathlib import Path
 import numpy as np
 
 from xmr.data import DatasetSpec, Split, open_split
+from xmr.data.pairs import PairData
 from xmr.data.precomputed import read_precomputed
+from xmr.data.text import Vocab
 from xmr.features.image import extract_split, feature_dirs
+from xmr.models.base import Inputs
 
 DEFAULT_CACHE = Path(os.environ.get("XMR_CACHE", "runs/cache"))
 IMAGE_INPUTS = ("pooled", "regions")
@@ -45,3 +48,18 @@ def split_with_features(data: str | DatasetSpec, split: str, image_input: str,
     elif image_input == "regions" and feats.ndim == 2:
         raw.features = feats[:, None, :]
     return raw
+
+
+def pair_data(data: str | DatasetSpec, split: str, inputs: Inputs, vocab: Vocab, max_len: int,
+              extractor: str = "efficientnet-lite0-224", cache: Path = DEFAULT_CACHE,
+              progress: bool = True) -> PairData:
+    """Everything a model with these ``inputs`` reads from one split, ready for batching."""
+    spec = DatasetSpec.parse(data) if isinstance(data, str) else data
+    s = split_with_features(spec, split, inputs.image, extractor, cache, progress)
+    extra = {}
+    if "bert" in inputs.text:
+        from xmr.features.text import bert_states
+
+        states, mask = bert_states(s.captions, Path(cache) / "text" / spec.key, split, progress=progress)
+        extra = {"bert": states, "bert_mask": mask}
+    return PairData(s, vocab, max_len, extra)

@@ -1,0 +1,84 @@
+"""End to end on a small synthetic set: features -> train -> checkpoint -> eval, and resume."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from xmr.cli import main
+from xmr.eval.evaluate import evaluate
+from xmr.features.store import pair_data
+from xmr.train import TrainConfig, load_trained, train
+
+DATA = "synthetic,seed=3,n_train=300,n_dev=60,n_test=60"
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    torch.set_num_threads(2)
+    return tmp_path_factory.mktemp("cache")
+
+
+def config(cache, out, **overrides) -> TrainConfig:
+    return TrainConfig(model="vsepp", preset="tiny", data=DATA, out=str(out), cache=str(cache),
+                       overrides=overrides, progress=False)
+
+
+def test_train_then_eval_beats_chance(cache, tmp_path):
+    cfg = config(cache, tmp_path / "run", epochs=8)
+    best = train(cfg)
+    for name in ("best.safetensors", "best.json", "last.safetensors", "last.json", "vocab.json",
+                 "config.json", "metrics.jsonl", "curve.png"):
+        assert (tmp_path / "run" / name).is_file(), name
+    rows = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 8 and rows[-1]["train_loss"] < rows[1]["train_loss"]
+
+    model, vocab, meta = load_trained(tmp_path / "run")
+    test = pair_data(DATA, "test", model.inputs, vocab, meta["max_len"], cache=cache, progress=False)
+    result = evaluate(model, test)
+    # Chance: R@5 image->text = 1-(1-5/300)^5 ~ 8%, text->image 5/60 ~ 8%; R@10 ~ 17%.
+    assert result["i2t"]["r5"] > 40 and result["t2i"]["r5"] > 30, result
+    assert result["t2i"]["r10"] > 50, result
+    assert best["rsum"] == max(r["dev_rsum"] for r in rows)
+
+
+def test_resume_continues_exactly(cache, tmp_path):
+    full = tmp_path / "full"
+    train(config(cache, full, epochs=2))
+    part = tmp_path / "part"
+    train(config(cache, part, epochs=1))
+    # Continue the 1-epoch run to 2 epochs: change its saved config as a user would with --set.
+    saved = json.loads((part / "config.json").read_text())
+    saved["overrides"]["epochs"] = 2
+    (part / "config.json").write_text(json.dumps(saved))
+    train(config(cache, part), resume=True)
+    a, b = load_file(str(full / "last.safetensors")), load_file(str(part / "last.safetensors"))
+    model_keys = [k for k in a if k.startswith("model.")]
+    assert model_keys
+    for k in model_keys:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+    rows_full = (full / "metrics.jsonl").read_text().splitlines()
+    rows_part = (part / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["dev_rsum"] for r in rows_full] == [json.loads(r)["dev_rsum"] for r in rows_part]
+
+
+def test_cli_eval_writes_json(cache, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--data", DATA, "--out", str(run), "--cache", str(cache), "--set", "epochs=1",
+                 "--quiet"]) == 0
+    out_json = tmp_path / "result.json"
+    assert main(["eval", str(run), "--split", "test", "--cache", str(cache), "--json", str(out_json)]) == 0
+    result = json.loads(out_json.read_text())
+    assert len(result["ranks"]["t2i"]) == 300 and len(result["ranks"]["i2t"]) == 60
+    assert np.isclose(result["rsum"], sum(result[d][f"r{k}"] for d in ("i2t", "t2i") for k in (1, 5, 10)))
+    assert "image->text" in capsys.readouterr().out
+
+
+def test_cli_reports_bad_override(cache, tmp_path, capsys):
+    code = main(["train", "--data", DATA, "--out", str(tmp_path / "x"), "--cache", str(cache),
+                 "--set", "no_such_setting=1", "--quiet"])
+    assert code == 2
+    assert "no_such_setting" in capsys.readouterr().err
