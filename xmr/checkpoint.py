@@ -71,7 +71,10 @@ def load(stem: str | Path, model: torch.nn.Module,
         raise CheckpointError(f"{stem}: checkpoint is for model {meta.get('model')!r}, not {model.name!r}")
     tensors = load_file(str(stem.with_suffix(".safetensors")))
     state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise CheckpointError(f"{stem}: weights do not fit this model ({str(e).splitlines()[-1].strip()})") from e
     if missing or unexpected:
         raise CheckpointError(f"{stem}: weights do not fit this model (missing {missing[:3]}, "
                               f"unexpected {unexpected[:3]})")

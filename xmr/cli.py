@@ -104,7 +104,7 @@ def cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from xmr.models import model_names
+    from xmr.models import get_entry, model_names
 
     p = argparse.ArgumentParser(prog="xmr", description="Cross-modal image-sentence retrieval.",
                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -138,11 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
     t = add("train", "Train a model: dev validation each epoch, best checkpoint kept.", cmd_train)
     t._add_container_actions(common)
     t.add_argument("--model", default="vsepp", choices=model_names())
-    t.add_argument("--preset", default="tiny", help="named setting of the model (see its file)")
+    presets = "; ".join(f"{m}: {', '.join(get_entry(m).presets)}" for m in model_names())
+    t.add_argument("--preset", default="tiny", help=f"named setting of the model ({presets}); 'paper' is "
+                   "the paper's, 'cpu' trains on 2 cores, 'tiny' is for synthetic data")
     t.add_argument("--data", default="synthetic", help="dataset spec")
-    t.add_argument("--extractor", default="efficientnet-lite0-224")
+    t.add_argument("--extractor", default="efficientnet-lite0-224", help="image features (see xmr features)")
     t.add_argument("--out", default="runs/train", help="run folder (checkpoints, metrics, curve)")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0, help="seeds weights and batch order")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a preset value, e.g. --set epochs=5 --set embed_dim=256")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")

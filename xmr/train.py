@@ -111,7 +111,7 @@ def plot_curve(rows: list[dict], path: Path) -> None:
     epochs = [r["epoch"] + 1 for r in rows]
     fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
     ax[0].plot(epochs, [r["train_loss"] for r in rows], marker="o")
-    ax[0].set(xlabel="epoch", ylabel="mean training loss", title="training loss")
+    ax[0].set(xlabel="epoch", ylabel="mean training loss (log)", title="training loss", yscale="log")
     for key, label in (("dev_i2t_r1", "image→text R@1"), ("dev_t2i_r1", "text→image R@1")):
         ax[1].plot(epochs, [r[key] for r in rows], marker="o", label=label)
     ax[1].set(xlabel="epoch", ylabel="dev R@1 (%)", title="dev recall")
@@ -132,8 +132,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         saved = json.loads((out / "config.json").read_text())
         cfg = TrainConfig(**{**saved, "progress": cfg.progress})
     seed_everything(cfg.seed)
-    inputs = get_entry(cfg.model).cls.inputs
     model_kw, recipe = cfg.resolved()
+    inputs = get_entry(cfg.model).cls.inputs_for(**model_kw)
     if resuming:
         vocab = Vocab.load(out / "vocab.json")
     else:

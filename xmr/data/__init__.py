@@ -58,7 +58,8 @@ class DatasetSpec:
 
         if self.kind == "synthetic":
             return "synthetic-" + "-".join(f"{k}{v}" for k, v in sorted(self.options.items()))
-        digest = sha1(repr((self.path, sorted(self.options.items()))).encode()).hexdigest()[:8]
+        path = str(Path(self.path).resolve()) if self.path else None  # one cache however it is spelled
+        digest = sha1(repr((path, sorted(self.options.items()))).encode()).hexdigest()[:8]
         return f"{self.kind}-{digest}"
 
 

@@ -49,9 +49,15 @@ def score_rows(model: RetrievalModel, img: Reps, txt: Reps, caption_chunk: int) 
 
 @torch.no_grad()
 def ranks(model: RetrievalModel, img: Reps, txt: Reps, caption_image: np.ndarray,
-          image_chunk: int = 256, caption_chunk: int = 8192, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """0-based image->text and text->image ranks of every query, in bounded memory."""
+          image_chunk: int | None = None, caption_chunk: int | None = None,
+          progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """0-based image->text and text->image ranks of every query, in bounded memory.
+
+    Block sizes default to the model's ``score_block``.
+    """
     model.eval()
+    image_chunk = image_chunk or model.score_block[0]
+    caption_chunk = caption_chunk or model.score_block[1]
     cap_img = torch.as_tensor(caption_image, dtype=torch.long)
     ni, nt = next(iter(img.values())).size(0), cap_img.numel()
     order = torch.argsort(cap_img, stable=True)
@@ -77,7 +83,7 @@ def ranks(model: RetrievalModel, img: Reps, txt: Reps, caption_image: np.ndarray
 
 
 def evaluate(model: RetrievalModel, data: PairData, folds: int = 1, progress: bool = False,
-             image_chunk: int = 256, caption_chunk: int = 8192) -> dict:
+             image_chunk: int | None = None, caption_chunk: int | None = None) -> dict:
     """R@1/5/10, medr, meanr both ways, rsum, mR on the whole split (``folds=1``, e.g. Flickr 1K
     test or COCO 5K) or as the mean over ``folds`` equal image folds (COCO 1K: ``folds=5``)."""
     t0 = time.perf_counter()

@@ -12,6 +12,7 @@ Training, evaluation, two-step re-ranking and search talk to models only through
 - ``loss(img, txt, batch) -> dict``: the training objective on a batch of matching pairs
   (row k of ``img`` matches row k of ``txt``), ``"loss"`` plus anything worth logging.
 
+``score_block`` bounds how many (images, captions) one ``similarity`` call scores in evaluation.
 ``inputs`` says what a batch must carry: image ``pooled`` (N, D) or ``regions`` (N, R, D)
 features, and text ``tokens`` (ids from the training-split vocabulary).
 A model file registers itself with ``@register("name", presets={...})``.
@@ -37,6 +38,16 @@ class RetrievalModel(nn.Module):
     name: ClassVar[str] = ""
     inputs: ClassVar[Inputs] = Inputs()
     pairwise: ClassVar[bool] = False
+    # (images, captions) scored per similarity() call in evaluation; pairwise models use smaller blocks.
+    score_block: ClassVar[tuple[int, int]] = (256, 8192)
+
+    @classmethod
+    def inputs_for(cls, **model_kwargs: Any) -> Inputs:
+        """The inputs a model built with these arguments reads (known before data is loaded).
+
+        A model whose inputs depend on an argument overrides this and sets ``self.inputs``.
+        """
+        return cls.inputs
 
     def encode_images(self, batch: dict) -> Reps:
         raise NotImplementedError

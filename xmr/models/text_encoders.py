@@ -26,19 +26,25 @@ class GRUEncoder(nn.Module):
     the backward state at the first word.
     """
 
-    def __init__(self, vocab_size: int, word_dim: int, hidden: int, bidirectional: bool = False,
-                 word_init: np.ndarray | None = None, num_layers: int = 1):
+    def __init__(self, vocab_size: int | None, word_dim: int, hidden: int, bidirectional: bool = False,
+                 word_init: np.ndarray | None = None, num_layers: int = 1, dropout: float = 0.0):
         super().__init__()
-        self.embed = word_embedding(vocab_size, word_dim, word_init)
+        # vocab_size None: the encoder reads given word vectors (e.g. frozen BERT states) via run().
+        self.embed = word_embedding(vocab_size, word_dim, word_init) if vocab_size else None
+        self.drop = nn.Dropout(dropout)
         self.rnn = nn.GRU(word_dim, hidden, num_layers=num_layers, batch_first=True,
                           bidirectional=bidirectional)
         self.bidirectional = bidirectional
 
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.embed(tokens)
+        return self.run(self.embed(tokens), lengths)
+
+    def run(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The GRU over word vectors ``x`` (B, T, word_dim) with ``lengths`` real words each."""
+        x = self.drop(x)
         packed = pack_padded_sequence(x, lengths.cpu().clamp(min=1), batch_first=True, enforce_sorted=False)
         out, h = self.rnn(packed)
-        states, _ = pad_packed_sequence(out, batch_first=True, total_length=tokens.size(1))
+        states, _ = pad_packed_sequence(out, batch_first=True, total_length=x.size(1))
         if self.bidirectional:
             hidden = states.size(-1) // 2
             states = (states[..., :hidden] + states[..., hidden:]) / 2
