@@ -222,3 +222,19 @@ def precomputed_root(make_precomputed):
     root = make_precomputed("test", np.repeat(test_unique, K, axis=0),
                             [c for i in range(2) for c in caps_for(f"te{i}")])
     return root, {"train": train, "dev": dev, "test": test_unique}
+
+
+# One small synthetic set with its feature cache for every end-to-end test in the session, so
+# EfficientNet and MiniLM features are extracted once.
+SYNTHETIC_SMALL = "synthetic,seed=3,n_train=300,n_dev=60,n_test=60"
+
+
+@pytest.fixture(scope="session")
+def feature_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("feature-cache")
+
+
+def pytest_configure(config):
+    import torch
+
+    torch.set_num_threads(2)  # the CI machine's cores; more threads only contend

@@ -5,17 +5,11 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from xmr.data.synthetic import read_synthetic
 from xmr.features.image import FEATURE_DIM, extract_split
 from xmr.features.text import BERT_DIM, bert_states
 from xmr.data.precomputed import read_precomputed
-
-
-@pytest.fixture(autouse=True)
-def threads():
-    torch.set_num_threads(2)
 
 
 class Interrupt(RuntimeError):

@@ -7,7 +7,6 @@ import torch
 
 from xmr.losses import triplet_ranking_loss
 
-torch.set_num_threads(1)
 
 MARGIN = 0.2
 

@@ -16,7 +16,6 @@ from xmr.eval import evaluate as ev
 from xmr.eval.metrics import mean_over_folds, ranks_from_scores, recall_summary, summarize
 from xmr.models.base import RetrievalModel
 
-torch.set_num_threads(1)
 
 VSEPP_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "vsepp-protocol"
 K = 5  # captions per image

@@ -13,13 +13,12 @@ from xmr.eval.evaluate import evaluate
 from xmr.features.store import pair_data
 from xmr.train import TrainConfig, load_trained, train
 
-DATA = "synthetic,seed=3,n_train=300,n_dev=60,n_test=60"
+from conftest import SYNTHETIC_SMALL as DATA
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    torch.set_num_threads(2)
-    return tmp_path_factory.mktemp("cache")
+@pytest.fixture
+def cache(feature_cache):
+    return feature_cache
 
 
 def config(cache, out, **overrides) -> TrainConfig:
@@ -50,11 +49,9 @@ def test_resume_continues_exactly(cache, tmp_path):
     train(config(cache, full, epochs=2))
     part = tmp_path / "part"
     train(config(cache, part, epochs=1))
-    # Continue the 1-epoch run to 2 epochs: change its saved config as a user would with --set.
-    saved = json.loads((part / "config.json").read_text())
-    saved["overrides"]["epochs"] = 2
-    (part / "config.json").write_text(json.dumps(saved))
-    train(config(cache, part), resume=True)
+    # Continue the 1-epoch run to 2 epochs (xmr train --out part --resume --set epochs=2).
+    train(config(cache, part, epochs=2), resume=True)
+    assert json.loads((part / "config.json").read_text())["overrides"]["epochs"] == 2
     a, b = load_file(str(full / "last.safetensors")), load_file(str(part / "last.safetensors"))
     model_keys = [k for k in a if k.startswith("model.")]
     assert model_keys

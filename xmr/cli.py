@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0, help="seeds weights and batch order")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a preset value, e.g. --set epochs=5 --set embed_dim=256")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch (its saved settings, plus any --set)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
 
     e = add("eval", "Evaluate a trained run: R@1/5/10, medr, meanr, rsum, mR.", cmd_eval)

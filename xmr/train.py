@@ -128,9 +128,11 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     resuming = resume and (out / "last.json").is_file()
     if resume and not resuming:
         print(f"nothing to resume in {out} (no last checkpoint); starting a new run", flush=True)
-    if resuming:
+    if resuming:  # the saved config, plus any overrides given now (e.g. more epochs)
         saved = json.loads((out / "config.json").read_text())
-        cfg = TrainConfig(**{**saved, "progress": cfg.progress})
+        cfg = TrainConfig(**{**saved, "progress": cfg.progress,
+                             "overrides": {**saved["overrides"], **cfg.overrides}})
+        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
     seed_everything(cfg.seed)
     model_kw, recipe = cfg.resolved()
     inputs = get_entry(cfg.model).cls.inputs_for(**model_kw)
@@ -181,7 +183,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         train_seconds = time.perf_counter() - t0
         dev = evaluate(model, dev_data)
         row = {"epoch": epoch, "lr": lr, "train_loss": float(np.mean(losses)), "train_seconds": train_seconds,
-               "pairs_per_s": len(losses) * recipe["batch_size"] / train_seconds,
+               "samples_per_s": len(losses) * recipe["batch_size"] / train_seconds,
                "dev_rsum": dev["rsum"], "dev_i2t_r1": dev["i2t"]["r1"], "dev_t2i_r1": dev["t2i"]["r1"]}
         rows.append(row)
         print(f"epoch {epoch + 1}: loss {row['train_loss']:.4f}  dev rsum {dev['rsum']:.1f}  "
