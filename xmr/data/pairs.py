@@ -52,17 +52,17 @@ class PairData:
             batch[name] = torch.from_numpy(np.asarray(values[idx]))
         return batch
 
-    def pair_batch(self, caption_idx: np.ndarray) -> tuple[dict, dict]:
+    def pair_batch(self, caption_idx: np.ndarray) -> dict:
         images = self.caption_image[caption_idx]
         batch = {**self.image_batch(images), **self.text_batch(caption_idx)}
         same = torch.from_numpy(images[:, None] == images[None, :])
         batch["same_image"] = same & ~torch.eye(len(images), dtype=torch.bool)
-        return batch, {"images": images, "captions": caption_idx}
+        return batch
 
     def train_batches(self, batch_size: int, rng: np.random.Generator) -> Iterator[dict]:
         order = rng.permutation(self.n_captions)
         for s in range(0, len(order) - batch_size + 1, batch_size):  # drop the ragged last batch
-            yield self.pair_batch(order[s: s + batch_size])[0]
+            yield self.pair_batch(order[s: s + batch_size])
 
     def n_train_batches(self, batch_size: int) -> int:
         return self.n_captions // batch_size
