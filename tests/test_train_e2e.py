@@ -79,3 +79,8 @@ def test_cli_reports_bad_override(cache, tmp_path, capsys):
                  "--set", "no_such_setting=1", "--quiet"])
     assert code == 2
     assert "no_such_setting" in capsys.readouterr().err
+
+
+def test_dev_subset_validates_on_first_images(cache, tmp_path):
+    best = train(config(cache, tmp_path / "run", epochs=1, dev_images=20))
+    assert best["n_images"] == 20 and best["n_captions"] == 100

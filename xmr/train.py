@@ -27,7 +27,7 @@ from xmr.models.base import RetrievalModel
 
 RECIPE_DEFAULTS = dict(epochs=10, batch_size=128, lr=2e-4, optimizer="adam", momentum=0.9,
                        weight_decay=0.0, lr_decay_epochs=[], lr_decay=0.1, grad_clip=2.0,
-                       max_len=50, min_word_count=1, word_vectors="glove")
+                       max_len=50, min_word_count=1, word_vectors="glove", dev_images=None)
 
 
 @dataclass
@@ -145,6 +145,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
     train_data, dev_data = (pair_data(cfg.data, split, inputs, vocab, recipe["max_len"], cfg.extractor,
                                       Path(cfg.cache), cfg.progress) for split in ("train", "dev"))
+    if recipe["dev_images"]:  # pairwise models may validate on the first N dev images only
+        dev_data = dev_data.head(int(recipe["dev_images"]))
     model = build(cfg, vocab, train_data.image_dim, word_vectors=not resuming)
     optimizers = build_optimizers(model, recipe)
     meta_base = {"model": cfg.model, "model_kwargs": {**model_kw, "vocab_size": len(vocab),

@@ -1,6 +1,7 @@
 """A split's image features and tokenised captions, served as the batches models consume."""
 from __future__ import annotations
 
+import copy
 from typing import Iterator
 
 import numpy as np
@@ -28,6 +29,15 @@ class PairData:
         self.tokens, self.lengths = vocab.encode_batch(split.captions, max_len)
         self.caption_image = split.caption_image
         self.text_features = text_features or {}  # per-caption arrays, e.g. frozen BERT states
+
+    def head(self, n_images: int) -> "PairData":
+        """The first ``n_images`` images with their captions (e.g. a cheaper dev check)."""
+        sub = copy.copy(self)
+        keep = self.caption_image < n_images
+        sub.features = self.features[:n_images]
+        sub.tokens, sub.lengths, sub.caption_image = self.tokens[keep], self.lengths[keep], self.caption_image[keep]
+        sub.text_features = {k: v[: int(keep.sum())] for k, v in self.text_features.items()}
+        return sub
 
     @property
     def n_images(self) -> int:
