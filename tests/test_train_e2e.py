@@ -84,3 +84,20 @@ def test_cli_reports_bad_override(cache, tmp_path, capsys):
 def test_dev_subset_validates_on_first_images(cache, tmp_path):
     best = train(config(cache, tmp_path / "run", epochs=1, dev_images=20))
     assert best["n_images"] == 20 and best["n_captions"] == 100
+
+
+def test_cli_data_and_features(tmp_path, capsys):
+    spec = "synthetic,seed=9,n_train=4,n_dev=2,n_test=2"
+    assert main(["data", spec, "--show", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "train: 4 images, 20 captions (5/image), 10 label classes" in out
+    stats = tmp_path / "stats.json"
+    assert main(["features", spec, "--splits", "dev", "--cache", str(tmp_path), "--json", str(stats)]) == 0
+    written = list(tmp_path.glob("features/*/efficientnet-lite0-224/grid/dev_ims.npy"))
+    assert len(written) == 1 and np.load(written[0], mmap_mode="r").shape == (2, 49, 1280)
+    assert json.loads(stats.read_text())["splits"][0]["images"] == 2
+
+
+def test_cli_names_bad_dataset(capsys):
+    assert main(["data", "nosuchkind:x"]) == 2
+    assert "unknown dataset kind 'nosuchkind'" in capsys.readouterr().err
