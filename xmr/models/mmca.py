@@ -21,8 +21,8 @@ W^Q, W^K, W^V act on each fragment alone, Q/K/V and the intra-modality attention
 inter-modality blocks (Q_R K_E^T, Q_E K_R^T), the exact merge of the two softmax parts through
 their log-sum-exps, W^O, the FFN, the LayerNorms and the text CNN run. This equals running the
 unit on each stacked sequence (``tests/test_mmca.py`` checks it against a per-pair loop).
-Training keeps all B x B pairs' activations (~4 GB peak for the "cpu" preset at B = 64);
-``grad_checkpoint=True`` recomputes each chunk in backward instead (~2 GB, ~40% slower on CPU).
+Training keeps all B x B pairs' activations (several GB for the "cpu" preset at B = 64);
+``grad_checkpoint=True`` recomputes each chunk in backward instead (about half the memory, slower).
 
 Stand-ins (see ``xmr/features``): EfficientNet-Lite0 7 x 7 grid cells (1280-d) for the bottom-up
 Faster R-CNN regions (2048-d), MiniLM-L6 (384-d) for BERT-base (768-d); both stay frozen, as the
@@ -56,8 +56,8 @@ PRESETS = {
         note="Wei et al. 2020, Sec. 4.2",
     ),
     # Half the width, 4 heads, 128 filters: the cross branch runs per pair (B x B in training,
-    # every image x caption in evaluation) and costs ~2.3x less than at d=256 on a CPU core.
-    # ``--set dropout=0`` trains ~30% faster (CPU dropout masks cost as much as the matmuls).
+    # every image x caption in evaluation), so its cost grows quickly with d on a CPU core.
+    # ``--set dropout=0`` trains faster (on CPU the dropout masks are a large share of the work).
     "cpu": Preset(
         model=dict(d=128, heads=4, ff_dim=128, filters=128, alpha=0.2, margin=0.2, dropout=0.1),
         train=dict(epochs=12, lr=2e-4, lr_decay_epochs=[8], lr_decay=0.1, batch_size=64,
