@@ -238,3 +238,33 @@ def pytest_configure(config):
     import torch
 
     torch.set_num_threads(2)  # the CI machine's cores; more threads only contend
+
+
+# Search indexes over the small synthetic test split (test_search, test_browser).
+def _trained(tmp_path_factory, cache, model: str) -> str:
+    from xmr.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp(f"{model}-run")
+    train(TrainConfig(model=model, preset="tiny", data=SYNTHETIC_SMALL, out=str(out), cache=str(cache),
+                      overrides={"epochs": 1}, progress=False))
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def vsepp_index(tmp_path_factory, feature_cache):
+    from xmr.search.index import Collection, build_index
+
+    run = _trained(tmp_path_factory, feature_cache, "vsepp")
+    out = tmp_path_factory.mktemp("idx") / "vsepp-index"
+    build_index(run, Collection("split", SYNTHETIC_SMALL, "test"), out, cache=feature_cache, progress=False)
+    return run, out
+
+
+@pytest.fixture(scope="session")
+def jgcar_index(tmp_path_factory, feature_cache):
+    from xmr.search.index import Collection, build_index
+
+    run = _trained(tmp_path_factory, feature_cache, "jgcar")
+    out = tmp_path_factory.mktemp("idx") / "jgcar-index"
+    build_index(run, Collection("split", SYNTHETIC_SMALL, "test"), out, cache=feature_cache, progress=False)
+    return run, out

@@ -12,6 +12,10 @@ EXAMPLES = """examples:
   xmr features flickr8k                      # EfficientNet-Lite0 features into runs/cache
   xmr train --model vsepp --preset cpu --data flickr8k --out runs/vsepp-f8k
   xmr eval runs/vsepp-f8k --split test --json results/vsepp-f8k-test.json
+  xmr eval runs/mmca-f8k --two-step 20 100 --first-stage runs/vsepp-f8k   # shortlist, then re-rank
+  xmr index build runs/vsepp-f8k --data flickr8k --split test --out runs/f8k-index
+  xmr search runs/f8k-index "a dog runs on the beach"      # or: --image photo.jpg
+  xmr serve runs/f8k-index                                 # API + search page on 127.0.0.1:8000
 dataset specs: synthetic | flickr8k[:PATH] | karpathy:JSON,images=DIR | coco:DIR,images=DIR |
                precomputed:DIR   (options after commas, e.g. synthetic,seed=1,n_train=500)
 """
@@ -87,13 +91,78 @@ def cmd_eval(args) -> int:
     model, vocab, meta = load_trained(args.run, args.checkpoint)
     data = pair_data(args.data or meta["data"], args.split, model.inputs, vocab, meta["max_len"],
                      meta["extractor"], Path(args.cache))
-    result = evaluate(model, data, folds=args.folds, progress=True)
-    print(format_table(result))
+    if args.no_exhaustive and not args.two_step:
+        raise SystemExit("xmr eval: --no-exhaustive needs --two-step K")
+    result = {}
+    if not args.no_exhaustive:
+        result = evaluate(model, data, folds=args.folds, progress=True)
+        print(format_table(result))
+    if args.two_step:
+        from xmr.eval.two_step import first_stage_embeddings, k_curve, plot_k_curve
+
+        if args.folds != 1:
+            raise SystemExit("xmr eval: --two-step evaluates the whole split (--folds 1)")
+        first = None
+        if args.first_stage:
+            first = first_stage_embeddings(args.first_stage, args.data or meta["data"], args.split,
+                                           Path(args.cache), data)
+        result["two_step"] = k_curve(model, data, args.two_step, first, progress=True)
+        result["first_stage_run"] = args.first_stage or "own embedding"
+        for row in result["two_step"]:
+            secs = row["seconds"]["first_stage"] + row["seconds"]["rerank"]
+            print(f"two-step K={row['k']:<5d} R@1 {row['i2t']['r1']:5.1f} / {row['t2i']['r1']:5.1f}  "
+                  f"rsum {row['rsum']:6.1f}  ({secs:.1f}s; first stage alone rsum {row['first_stage']['rsum']:.1f})")
+        if args.plot:
+            plot_k_curve(result["two_step"], result if "i2t" in result else None, Path(args.plot),
+                         f"{meta['model']} on {args.split}")
     if args.json:
         result = {"run": str(args.run), "checkpoint": args.checkpoint, "data": args.data or meta["data"],
                   "split": args.split, "folds": args.folds, **result}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=1))
+    return 0
+
+
+def cmd_index(args) -> int:
+    from xmr.search.index import Collection, build_index, describe
+
+    if args.action == "info":
+        print(describe(args.target))
+        return 0
+    given = [(k, v) for k, v in (("split", args.data), ("images", args.images), ("sentences", args.sentences)) if v]
+    if len(given) != 1:
+        raise SystemExit("xmr index build: give exactly one of --data SPEC, --images DIR, --sentences FILE")
+    kind, source = given[0]
+    info = build_index(args.target, Collection(kind, source, args.split), args.out, args.kind, Path(args.cache),
+                       progress=not args.quiet)
+    print(describe(args.out))
+    return 0 if info else 1
+
+
+def cmd_search(args) -> int:
+    from xmr.search.engine import Searcher
+
+    searcher = Searcher(args.index, shortlist=args.shortlist)
+    if args.image:
+        from xmr.data.images import load_rgb
+
+        hits = searcher.search_image(load_rgb(args.image), args.k)
+    else:
+        hits = searcher.search_text(args.query or "", args.k)
+    if args.json:
+        print(json.dumps([h.as_dict() for h in hits], indent=1))
+        return 0
+    for h in hits:
+        what = h.caption if h.caption is not None else h.image_id
+        extra = f"   (image {h.image_id})" if h.caption is not None and h.image_id else ""
+        print(f"{h.rank:3d}  {h.score:8.4f}  {what}{extra}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from xmr.search.server import serve
+
+    serve(args.index, args.host, args.port)
     return 0
 
 
@@ -158,6 +227,41 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--folds", type=int, default=1, help="5 for COCO 1K (mean over five 1K folds)")
     e.add_argument("--checkpoint", default="best", choices=["best", "last"])
     e.add_argument("--json", help="write the full result (with every query's rank) here")
+    e.add_argument("--two-step", type=int, nargs="+", metavar="K",
+                   help="also evaluate two-step retrieval: shortlist K by a first-stage embedding, re-rank "
+                        "with the model's score (one result per K)")
+    e.add_argument("--first-stage", metavar="RUN", help="a trained embedding model (e.g. VSE++) as the first "
+                   "stage (default: the model's own embedding)")
+    e.add_argument("--no-exhaustive", action="store_true", help="skip exhaustive scoring (with --two-step)")
+    e.add_argument("--plot", help="with --two-step: write the R@1 / time vs K figure here")
+
+    ix = add("index", "Build a search index over a collection with a trained model, or describe one.", cmd_index)
+    ix._add_container_actions(common)
+    ix.add_argument("action", choices=["build", "info"])
+    ix.add_argument("target", help="build: the trained run folder; info: the index")
+    ix.add_argument("--data", help="a dataset spec: index its --split (images and captions)")
+    ix.add_argument("--split", default="test")
+    ix.add_argument("--images", help="a folder of images (searched recursively)")
+    ix.add_argument("--sentences", help="a UTF-8 file, one sentence per line")
+    ix.add_argument("--out", default="runs/index", help="where the index goes (a symlink to its current version)")
+    ix.add_argument("--kind", default="auto", choices=["auto", "flat", "hnsw", "ivf"],
+                    help="faiss index: auto = exact below 50k vectors, HNSW below 500k, IVF above")
+    ix.add_argument("--quiet", action="store_true")
+
+    se = add("search", "Search an index: images for a sentence, or sentences for --image.", cmd_search)
+    se._add_container_actions(common)
+    se.add_argument("index")
+    se.add_argument("query", nargs="?", help="the sentence (text -> image)")
+    se.add_argument("--image", help="an image file (image -> text)")
+    se.add_argument("-k", type=int, default=10)
+    se.add_argument("--shortlist", type=int, default=100, help="first-stage candidates a pairwise model re-ranks")
+    se.add_argument("--json", action="store_true")
+
+    sv = add("serve", "Serve an index: HTTP API and a search page.", cmd_serve)
+    sv._add_container_actions(common)
+    sv.add_argument("index")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
 
     m = add("demo", "Synthetic data, small VSE++: train, evaluate, print the R@K table.", cmd_demo)
     m._add_container_actions(common)
@@ -177,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         return args.fn(args)
-    except (DataError, CheckpointError, KeyError) as e:
+    except (DataError, CheckpointError, KeyError, ValueError, FileNotFoundError) as e:
         print(f"xmr: error: {e}", file=sys.stderr)
         return 2
 

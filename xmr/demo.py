@@ -6,6 +6,8 @@ from pathlib import Path
 
 from xmr.eval.evaluate import evaluate, format_table
 from xmr.features.store import pair_data
+from xmr.search.engine import Searcher
+from xmr.search.index import Collection, build_index
 from xmr.train import TrainConfig, load_trained, train
 
 
@@ -20,5 +22,16 @@ def run_demo(out: Path, cache: Path, quiet: bool = False) -> int:
     chance = 100 * test.split.captions_per_image / test.n_captions, 100 / test.n_images
     print(f"\nVSE++ (tiny) on the synthetic test split, best dev checkpoint:\n{format_table(result)}")
     print(f"chance R@1: image->text {chance[0]:.1f}, text->image {chance[1]:.1f}")
-    print(f"run folder: {out} (curve.png, metrics.jsonl, best.safetensors); {time.perf_counter() - t0:.0f}s")
+    print(f"run folder: {out} (curve.png, metrics.jsonl, best.safetensors)")
+
+    # The trained model as a search engine over the test images.
+    index = out.parent / f"{out.name}-index"
+    build_index(out, Collection("split", cfg.data, "test"), index, cache=cache, progress=not quiet)
+    query = "a red circle"
+    hits = Searcher(index).search_text(query, k=3)
+    print(f"\nsearch index: {index}; top 3 images for {query!r}:")
+    for h in hits:
+        print(f"  {h.score:.3f}  {h.image_id}: {test.split.captions[test.split.captions_per_image * h.image_index]}")
+    print(f"try:  xmr search {index} \"two blue squares\"   |   xmr serve {index}  (then open "
+          f"http://127.0.0.1:8000)\n{time.perf_counter() - t0:.0f}s in all")
     return 0

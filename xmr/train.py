@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from xmr import checkpoint
 from xmr.data import open_split
+from xmr.data.pairs import PairData
 from xmr.data.text import Vocab, glove_vectors
 from xmr.eval.evaluate import evaluate, format_table
 from xmr.features.store import DEFAULT_CACHE, pair_data
@@ -27,7 +28,8 @@ from xmr.models.base import RetrievalModel
 
 RECIPE_DEFAULTS = dict(epochs=10, batch_size=128, lr=2e-4, optimizer="adam", momentum=0.9,
                        weight_decay=0.0, lr_decay_epochs=[], lr_decay=0.1, grad_clip=2.0,
-                       max_len=50, min_word_count=1, word_vectors="glove", dev_images=None)
+                       max_len=50, min_word_count=1, word_vectors="glove", dev_images=None,
+                       train_images=None, early_stop=None, dev_rerank_k=None)
 
 
 @dataclass
@@ -91,15 +93,29 @@ def set_lr(optimizers: list[torch.optim.Optimizer], recipe: dict, epoch: int) ->
     return optimizers[0].param_groups[0]["lr"]
 
 
-def build(cfg: TrainConfig, vocab: Vocab, image_dim: int, word_vectors: bool) -> RetrievalModel:
-    """The model for this config; ``word_vectors`` initialises its word embeddings from GloVe."""
-    model_kw, recipe = cfg.resolved()
-    kw = {**model_kw, "vocab_size": len(vocab), "image_dim": image_dim}
+def data_facts(cfg: TrainConfig, vocab: Vocab, data: PairData) -> dict:
+    """Constructor arguments that come from the data: vocabulary size, feature width and, for
+    models that ask for them, the number of image regions and the maximum caption length."""
     params = inspect.signature(get_entry(cfg.model).cls.__init__).parameters
+    facts = {"vocab_size": len(vocab), "image_dim": data.image_dim}
+    if "n_regions" in params:
+        facts["n_regions"] = int(data.features.shape[1]) if data.features.ndim == 3 else 1
+    if "max_len" in params:
+        facts["max_len"] = int(cfg.resolved()[1]["max_len"])
+    return facts
+
+
+def build(cfg: TrainConfig, vocab: Vocab, data: PairData, word_vectors: bool) -> tuple[RetrievalModel, dict]:
+    """The model for this config and its full constructor arguments; ``word_vectors`` initialises
+    its word embeddings from GloVe."""
+    model_kw, recipe = cfg.resolved()
+    kw = {**model_kw, **data_facts(cfg, vocab, data)}
+    params = inspect.signature(get_entry(cfg.model).cls.__init__).parameters
+    extra = {}
     if word_vectors and "word_init" in params and recipe["word_vectors"] == "glove":
         dim = kw.get("word_dim", params["word_dim"].default)
-        kw["word_init"], _ = glove_vectors(vocab, dim, cfg.seed)
-    return create_model(cfg.model, **kw)
+        extra["word_init"], _ = glove_vectors(vocab, dim, cfg.seed)
+    return create_model(cfg.model, **kw, **extra), kw
 
 
 def plot_curve(rows: list[dict], path: Path) -> None:
@@ -119,6 +135,16 @@ def plot_curve(rows: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def validate(model: RetrievalModel, dev: PairData, recipe: dict) -> dict:
+    """Dev results: exhaustive, or for pairwise models with ``dev_rerank_k`` two-step retrieval
+    (the model's own embedding shortlists K, its pairwise score re-ranks them)."""
+    if recipe["dev_rerank_k"] and model.pairwise:
+        from xmr.eval.two_step import k_curve
+
+        return k_curve(model, dev, [int(recipe["dev_rerank_k"])])[0]
+    return evaluate(model, dev)
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
@@ -147,10 +173,11 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                                       Path(cfg.cache), cfg.progress) for split in ("train", "dev"))
     if recipe["dev_images"]:  # pairwise models may validate on the first N dev images only
         dev_data = dev_data.head(int(recipe["dev_images"]))
-    model = build(cfg, vocab, train_data.image_dim, word_vectors=not resuming)
+    if recipe["train_images"]:  # reduced-budget runs (e.g. ablations) train on the first N images
+        train_data = train_data.head(int(recipe["train_images"]))
+    model, model_kwargs = build(cfg, vocab, train_data, word_vectors=not resuming)
     optimizers = build_optimizers(model, recipe)
-    meta_base = {"model": cfg.model, "model_kwargs": {**model_kw, "vocab_size": len(vocab),
-                                                      "image_dim": train_data.image_dim},
+    meta_base = {"model": cfg.model, "model_kwargs": model_kwargs,
                  "image_input": inputs.image, "extractor": cfg.extractor, "data": cfg.data,
                  "max_len": recipe["max_len"]}
 
@@ -164,11 +191,14 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
           f"pairs, vocab {len(vocab)}, epochs {start}..{recipe['epochs'] - 1}", flush=True)
 
     for epoch in range(start, recipe["epochs"]):
+        if recipe["early_stop"] and epoch - 1 - best.get("epoch", epoch) >= int(recipe["early_stop"]):
+            print(f"early stop: no dev improvement in the last {recipe['early_stop']} epochs", flush=True)
+            break
         lr = set_lr(optimizers, recipe, epoch)
         model.on_epoch_start(epoch)
         model.train()
         rng = np.random.default_rng([cfg.seed, epoch])
-        losses, t0 = [], time.perf_counter()
+        losses, parts_sum, t0 = [], {}, time.perf_counter()
         bar = tqdm(train_data.train_batches(recipe["batch_size"], rng), total=train_data.n_train_batches(
             recipe["batch_size"]), desc=f"epoch {epoch + 1}/{recipe['epochs']}", disable=not cfg.progress)
         for batch in bar:
@@ -181,11 +211,15 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             for opt in optimizers:
                 opt.step()
             losses.append(parts["loss"].item())
+            for key, value in parts.items():  # a model's loss terms, logged per epoch
+                if key != "loss":
+                    parts_sum[key] = parts_sum.get(key, 0.0) + float(value)
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
         train_seconds = time.perf_counter() - t0
-        dev = evaluate(model, dev_data)
+        dev = validate(model, dev_data, recipe)
         row = {"epoch": epoch, "lr": lr, "train_loss": float(np.mean(losses)), "train_seconds": train_seconds,
                "samples_per_s": len(losses) * recipe["batch_size"] / train_seconds,
+               **{f"train_{k}": v / len(losses) for k, v in parts_sum.items()},
                "dev_rsum": dev["rsum"], "dev_i2t_r1": dev["i2t"]["r1"], "dev_t2i_r1": dev["t2i"]["r1"]}
         rows.append(row)
         print(f"epoch {epoch + 1}: loss {row['train_loss']:.4f}  dev rsum {dev['rsum']:.1f}  "

@@ -22,12 +22,11 @@ class PairData:
 
     def __init__(self, split: Split, vocab: Vocab, max_len: int = 50,
                  text_features: dict[str, np.ndarray] | None = None):
-        if split.features is None:
-            raise ValueError(f"split {split.name!r} has no features; extract them first")
         self.split = split
         self.features = split.features
         self.tokens, self.lengths = vocab.encode_batch(split.captions, max_len)
         self.caption_image = split.caption_image
+        self.labels = split.labels  # (n_images, n_classes) 0/1 or None
         self.text_features = text_features or {}  # per-caption arrays, e.g. frozen BERT states
 
     def head(self, n_images: int) -> "PairData":
@@ -35,13 +34,14 @@ class PairData:
         sub = copy.copy(self)
         keep = self.caption_image < n_images
         sub.features = self.features[:n_images]
+        sub.labels = None if self.labels is None else self.labels[:n_images]
         sub.tokens, sub.lengths, sub.caption_image = self.tokens[keep], self.lengths[keep], self.caption_image[keep]
         sub.text_features = {k: v[: int(keep.sum())] for k, v in self.text_features.items()}
         return sub
 
     @property
     def n_images(self) -> int:
-        return len(self.features)
+        return len(self.features) if self.features is not None else self.split.n_images
 
     @property
     def n_captions(self) -> int:
@@ -52,6 +52,8 @@ class PairData:
         return int(self.features.shape[-1])
 
     def image_batch(self, idx: np.ndarray) -> dict:
+        if self.features is None:
+            raise ValueError(f"split {self.split.name!r} has no image features; extract them first")
         return {"image": torch.from_numpy(np.asarray(self.features[idx], dtype=np.float32))}
 
     def text_batch(self, idx: np.ndarray) -> dict:
@@ -67,6 +69,8 @@ class PairData:
         batch = {**self.image_batch(images), **self.text_batch(caption_idx)}
         same = torch.from_numpy(images[:, None] == images[None, :])
         batch["same_image"] = same & ~torch.eye(len(images), dtype=torch.bool)
+        if self.labels is not None:  # each row's image labels (a caption shares its image's)
+            batch["labels"] = torch.from_numpy(np.asarray(self.labels[images], dtype=np.int8))
         return batch
 
     def train_batches(self, batch_size: int, rng: np.random.Generator) -> Iterator[dict]:

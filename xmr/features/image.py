@@ -71,6 +71,14 @@ def load_backbone(trace_batch: int = 2, resolution: int = 224) -> torch.nn.Modul
         return torch.jit.freeze(torch.jit.trace(model, example))
 
 
+def image_features(images: list, backbone: torch.nn.Module, resolution: int) -> torch.Tensor:
+    """Grid features (B, g*g, C) of PIL images, row-major over the grid (pooled = their mean)."""
+    x = torch.from_numpy(np.stack([to_tensor_array(im, resolution) for im in images]))
+    with torch.no_grad():
+        fmap = backbone(x.contiguous(memory_format=torch.channels_last)).float()  # (B, C, g, g)
+    return fmap.flatten(2).transpose(1, 2)
+
+
 def feature_dirs(out: Path) -> tuple[Path, Path]:
     return out / "grid", out / "pooled"
 
@@ -112,10 +120,7 @@ def extract_split(split: Split, out: str | Path, extractor: str = "efficientnet-
                                         disable=not progress)
     for s in range(start, n, batch_size):
         idx = range(s, min(n, s + batch_size))
-        x = torch.from_numpy(np.stack([to_tensor_array(split.load_image(i), spec.resolution) for i in idx]))
-        with torch.no_grad():
-            fmap = backbone(x.contiguous(memory_format=torch.channels_last)).float()  # (B, C, g, g)
-        regions = fmap.flatten(2).transpose(1, 2)  # (B, g*g, C), row-major over the grid
+        regions = image_features([split.load_image(i) for i in idx], backbone, spec.resolution)
         grid[s: s + len(idx)] = regions.numpy().astype(np.float16)
         pooled[s: s + len(idx)] = regions.mean(1).numpy().astype(np.float16)
         grid.flush()

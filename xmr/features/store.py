@@ -56,6 +56,10 @@ def pair_data(data: str | DatasetSpec, split: str, inputs: Inputs, vocab: Vocab,
     """Everything a model with these ``inputs`` reads from one split, ready for batching."""
     spec = DatasetSpec.parse(data) if isinstance(data, str) else data
     s = split_with_features(spec, split, inputs.image, extractor, cache, progress)
+    if inputs.labels:
+        from xmr.data.labels import with_labels
+
+        with_labels(s)
     extra = {}
     if "bert" in inputs.text:
         from xmr.features.text import bert_states

@@ -26,6 +26,14 @@ def load_bert():
     return AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
 
 
+def bert_encode(captions: list[str], tokenizer, model, max_len: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """fp16 token states (N, max_len, 384) and bool masks (N, max_len) of a few captions."""
+    enc = tokenizer(captions, padding="max_length", truncation=True, max_length=max_len, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(**enc).last_hidden_state
+    return hidden.numpy().astype(np.float16), enc["attention_mask"].numpy().astype(bool)
+
+
 def bert_states(captions: list[str], out: str | Path, split: str, max_len: int = 32,
                 batch_size: int = 128, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Token states and attention masks of every caption, computed once and memory-mapped."""
@@ -41,12 +49,9 @@ def bert_states(captions: list[str], out: str | Path, split: str, max_len: int =
                                        shape=(len(captions), max_len, BERT_DIM))
     mask = np.zeros((len(captions), max_len), dtype=np.bool_)
     for s in tqdm(range(0, len(captions), batch_size), desc=f"bert {split}", disable=not progress):
-        enc = tokenizer(captions[s: s + batch_size], padding="max_length", truncation=True,
-                        max_length=max_len, return_tensors="pt")
-        with torch.no_grad():
-            hidden = model(**enc).last_hidden_state
-        states[s: s + len(hidden)] = hidden.numpy().astype(np.float16)
-        mask[s: s + len(hidden)] = enc["attention_mask"].numpy().astype(bool)
+        part_states, part_mask = bert_encode(captions[s: s + batch_size], tokenizer, model, max_len)
+        states[s: s + len(part_states)] = part_states
+        mask[s: s + len(part_mask)] = part_mask
     states.flush()
     del states
     np.save(mask_file, mask)

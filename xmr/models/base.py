@@ -32,6 +32,7 @@ Reps = dict[str, torch.Tensor]
 class Inputs:
     image: str = "pooled"  # "pooled" | "regions"
     text: tuple[str, ...] = ("tokens",)
+    labels: bool = False  # training batches carry class labels (the dataset's, else keyword labels)
 
 
 class RetrievalModel(nn.Module):
@@ -58,6 +59,13 @@ class RetrievalModel(nn.Module):
     def similarity(self, img: Reps, txt: Reps) -> torch.Tensor:
         """Scores (Ni, Nt). Default: embedding model, dot product of ``embed`` vectors."""
         return self.embed(img) @ self.embed(txt).T
+
+    def pair_similarity(self, img: Reps, txt: Reps) -> torch.Tensor:
+        """Scores (P,) of aligned rows, image p with sentence p: what two-step re-ranking asks of a
+        pairwise model for its shortlist. Default: embedding model, row-wise dot product."""
+        if self.pairwise:
+            raise NotImplementedError(f"pairwise model {self.name!r} must implement pair_similarity")
+        return (self.embed(img) * self.embed(txt)).sum(-1)
 
     def embed(self, reps: Reps) -> torch.Tensor | None:
         return reps.get("emb")

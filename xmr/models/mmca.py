@@ -21,7 +21,7 @@ W^Q, W^K, W^V act on each fragment alone, Q/K/V and the intra-modality attention
 inter-modality blocks (Q_R K_E^T, Q_E K_R^T), the exact merge of the two softmax parts through
 their log-sum-exps, W^O, the FFN, the LayerNorms and the text CNN run. This equals running the
 unit on each stacked sequence (``tests/test_mmca.py`` checks it against a per-pair loop).
-Training keeps all B x B pairs' activations (several GB for the "cpu" preset at B = 64);
+Training keeps all B x B pairs' activations (several GB at d = 128, B = 64);
 ``grad_checkpoint=True`` recomputes each chunk in backward instead (about half the memory, slower).
 
 Stand-ins (see ``xmr/features``): EfficientNet-Lite0 7 x 7 grid cells (1280-d) for the bottom-up
@@ -55,15 +55,16 @@ PRESETS = {
                    optimizer="adam", grad_clip=2.0),
         note="Wei et al. 2020, Sec. 4.2",
     ),
-    # Half the width, 4 heads, 128 filters: the cross branch runs per pair (B x B in training,
-    # every image x caption in evaluation), so its cost grows quickly with d on a CPU core.
-    # ``--set dropout=0`` trains faster (on CPU the dropout masks are a large share of the work).
+    # d = 64, 4 heads, 64 filters, batch 32, no dropout: the cross branch runs per pair (B x B in
+    # training, so a sample costs O(B); every image x caption in evaluation) and its cost grows
+    # quickly with d; on 2 CPU cores this is ~6 min per Flickr8k epoch instead of ~35 at d = 128,
+    # B = 64 (benchmarks/model_throughput.py). Dropout masks were a third of the CPU time.
     "cpu": Preset(
-        model=dict(d=128, heads=4, ff_dim=128, filters=128, alpha=0.2, margin=0.2, dropout=0.1),
-        train=dict(epochs=12, lr=2e-4, lr_decay_epochs=[8], lr_decay=0.1, batch_size=64,
+        model=dict(d=64, heads=4, ff_dim=64, filters=64, alpha=0.2, margin=0.2, dropout=0.0),
+        train=dict(epochs=6, lr=2e-4, lr_decay_epochs=[4], lr_decay=0.1, batch_size=32,
                    optimizer="adam", grad_clip=2.0, dev_images=200),
         note="small enough for 2 CPU cores; validates on the first 200 dev images (the full 1K x 5K "
-             "cross branch costs about as much as a training epoch)",
+             "cross branch costs more than a training epoch)",
     ),
     # Synthetic-data tests and demo.
     # Batches of 16 (256 pairs per cross pass) and no dropout keep a CPU epoch short.
@@ -239,43 +240,54 @@ class MMCA(RetrievalModel):
         return {"regions": regions, "qr": qr, "kr": kr, "vr": vr, "o_rr": a_rr @ vr, "lse_rr": lse_rr,
                 "words": words, "mask": mask, "qe": qe, "ke": ke, "ve": ve, "o_ee": a_ee @ ve, "lse_ee": lse_ee}
 
-    def cross_pairs(self, img: Reps, txt: Reps) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cross-attention module (Sec. 3.4) for every (image, sentence) pair of two sets.
+    def cross_pairs(self, img: Reps, txt: Reps, aligned: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-attention module (Sec. 3.4) for every (image, sentence) pair of two sets, or with
+        ``aligned`` for the pairs (image p, sentence p) of two equally long sets (re-ranking).
 
-        ``img`` / ``txt`` come from ``cross_items``. Returns unit-norm i1 and c1, (Ni, Nt, d) each.
-        Equivalent to running ``cross_unit`` on each pair's stacked sequence Y = (R; E) with
-        padding words masked as keys (Eq. 11), but computed for all pairs at once: the attention
-        logits of Eq. 12 split into the per-item blocks Q_R K_R^T, Q_E K_E^T (``cross_items``) and
-        the per-pair blocks Q_R K_E^T, Q_E K_R^T; each row's softmax over its K + n keys is
-        recombined exactly from the two blocks' log-sum-exps, giving R_up (Eq. 13) and E_up
-        (Eq. 14). W^O, the FFN and the LayerNorms then run on all pairs' fragments, regions of
-        Y_c are averaged -> i1, words of Y_c go through the 1-d CNN + max pool -> c1.
+        ``img`` / ``txt`` come from ``cross_items``. Returns unit-norm i1 and c1, (Ni, Nt, d) each
+        ((P, d) when aligned). Equivalent to running ``cross_unit`` on each pair's stacked sequence
+        Y = (R; E) with padding words masked as keys (Eq. 11), but computed for all pairs at once:
+        the attention logits of Eq. 12 split into the per-item blocks Q_R K_R^T, Q_E K_E^T
+        (``cross_items``) and the per-pair blocks Q_R K_E^T, Q_E K_R^T; each row's softmax over its
+        K + n keys is recombined exactly from the two blocks' log-sum-exps, giving R_up (Eq. 13)
+        and E_up (Eq. 14). W^O, the FFN and the LayerNorms then run on all pairs' fragments,
+        regions of Y_c are averaged -> i1, words of Y_c go through the 1-d CNN + max pool -> c1.
         """
         unit = self.cross_unit
-        regions, words, mask = img["regions"], txt["words"], txt["mask"]
-        ni, k, d = regions.shape
-        nt, n = mask.shape
+        # Einsum indices of the image side, the sentence side and the pair dims: a grid (i, j) or
+        # one aligned pair index p. Per-item tensors get a broadcast dim for the other side.
+        i, j, pair = ("p", "p", "p") if aligned else ("i", "j", "ij")
+
+        def on_img(x: torch.Tensor) -> torch.Tensor:
+            return x if aligned else x[:, None]
+
+        def on_txt(x: torch.Tensor) -> torch.Tensor:
+            return x if aligned else x[None]
+
+        regions, words, mask = img["regions"], txt["words"], on_txt(txt["mask"])
+        k, d, n = regions.size(-2), regions.size(-1), mask.size(-1)
         # Regions attend to words: softmax(Q_R K_E^T) V_E per pair, merged with the per-image block.
-        # (Both per-pair logit blocks are laid out (Ni, Nt, h, n, K): reductions over the few words
+        # (Both per-pair logit blocks are laid out (..., h, n, K): reductions over the few words
         # run along dim -2, which is much faster on CPU than along a short last dim.)
-        l_re = torch.einsum("ihkc,jhnc->ijhnk", img["qr"], txt["ke"])
-        l_re = l_re.masked_fill(~mask[None, :, None, :, None], float("-inf"))
+        l_re = torch.einsum(f"{i}hkc,{j}hnc->{pair}hnk", img["qr"], txt["ke"])
+        l_re = l_re.masked_fill(~mask[..., None, :, None], float("-inf"))
         a_re, lse_re = _softmax_lse(l_re, dim=-2)
-        o_re = torch.einsum("ijhnk,jhnc->ijhkc", a_re, txt["ve"])
-        w_rr = torch.sigmoid(img["lse_rr"][:, None] - lse_re)[..., None]  # share of own keys
-        r_up = torch.lerp(o_re, img["o_rr"][:, None].expand_as(o_re), w_rr)  # (Ni, Nt, h, K, dk)
+        o_re = torch.einsum(f"{pair}hnk,{j}hnc->{pair}hkc", a_re, txt["ve"])
+        w_rr = torch.sigmoid(on_img(img["lse_rr"]) - lse_re)[..., None]  # share of own keys
+        r_up = torch.lerp(o_re, on_img(img["o_rr"]).expand_as(o_re), w_rr)  # (..., h, K, dk)
         # Words attend to regions: softmax(Q_E K_R^T) V_R per pair, merged with the per-sentence block.
-        l_er = torch.einsum("jhnc,ihkc->ijhnk", txt["qe"], img["kr"])
+        l_er = torch.einsum(f"{j}hnc,{i}hkc->{pair}hnk", txt["qe"], img["kr"])
         a_er, lse_er = _softmax_lse(l_er)
-        o_er = torch.einsum("ijhnk,ihkc->ijhnc", a_er, img["vr"])
-        w_ee = torch.sigmoid(txt["lse_ee"][None] - lse_er)[..., None]
-        e_up = torch.lerp(o_er, txt["o_ee"][None].expand_as(o_er), w_ee)  # (Ni, Nt, h, n, dk)
+        o_er = torch.einsum(f"{pair}hnk,{i}hkc->{pair}hnc", a_er, img["vr"])
+        w_ee = torch.sigmoid(on_txt(txt["lse_ee"]) - lse_er)[..., None]
+        e_up = torch.lerp(o_er, on_txt(txt["o_ee"]).expand_as(o_er), w_ee)  # (..., h, n, dk)
         # Concatenate heads, then W^O, residual + LayerNorm, FFN, residual + LayerNorm (Eq. 3-4).
-        r_c = unit.finish(regions[:, None], r_up.transpose(2, 3).reshape(ni, nt, k, d))
-        e_c = unit.finish(words[None], e_up.transpose(2, 3).reshape(ni, nt, n, d))
-        i1 = F.normalize(r_c.mean(2), dim=-1)
-        c1 = self.cross_cnn(e_c.reshape(ni * nt, n, d), mask[None].expand(ni, nt, n).reshape(ni * nt, n))
-        return i1, F.normalize(c1, dim=-1).view(ni, nt, d)
+        lead = r_up.shape[:-3]
+        r_c = unit.finish(on_img(regions), r_up.transpose(-3, -2).reshape(*lead, k, d))
+        e_c = unit.finish(on_txt(words), e_up.transpose(-3, -2).reshape(*lead, n, d))
+        i1 = F.normalize(r_c.mean(-2), dim=-1)
+        c1 = self.cross_cnn(e_c.reshape(-1, n, d), mask.expand(*lead, n).reshape(-1, n))
+        return i1, F.normalize(c1, dim=-1).view(*lead, d)
 
     def _cross_sides(self, regions: torch.Tensor, words: torch.Tensor, mask: torch.Tensor) -> tuple[Reps, Reps]:
         words, mask = _trim(words, mask)
@@ -316,6 +328,19 @@ class MMCA(RetrievalModel):
         if self.alpha:
             scores = scores + self.alpha * self.cross_scores(img["regions"], txt["words"], txt["word_mask"])
         return scores
+
+    def pair_similarity(self, img: Reps, txt: Reps) -> torch.Tensor:
+        """S of the aligned pairs (image p, sentence p): (P,), in chunks of ``pair_chunk`` pairs."""
+        scores = (img["i0"] * txt["c0"]).sum(-1)
+        if not self.alpha:
+            return scores
+        img_parts, txt_parts = self._cross_sides(img["regions"], txt["words"], txt["word_mask"])
+        cross = []
+        for s in range(0, scores.numel(), self.pair_chunk):
+            i1, c1 = self.cross_pairs({k: v[s: s + self.pair_chunk] for k, v in img_parts.items()},
+                                      {k: v[s: s + self.pair_chunk] for k, v in txt_parts.items()}, aligned=True)
+            cross.append((i1 * c1).sum(-1))
+        return scores + self.alpha * torch.cat(cross)
 
     def loss(self, img: Reps, txt: Reps, batch: dict) -> dict:
         """Eq. 15: bidirectional hinge triplet loss, hardest in-batch negatives, margin m."""

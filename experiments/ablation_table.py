@@ -1,0 +1,63 @@
+"""Collect the evaluation JSONs of a set of runs into one table (Markdown + JSON) and a figure.
+
+    python experiments/ablation_table.py OUT_PREFIX TITLE NAME=EVAL_JSON [NAME=EVAL_JSON ...]
+Each EVAL_JSON is written by ``xmr eval --json``; the row uses its two-step result with the largest
+K when the run was evaluated by two-step only, else the exhaustive one. The run's best dev epoch,
+training time and parameter count come from the run folder named in the JSON.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def row(name: str, path: Path) -> dict:
+    res = json.loads(path.read_text())
+    scored = res if "i2t" in res else max(res["two_step"], key=lambda r: r["k"])
+    run = Path(res["run"])
+    metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    best = json.loads((run / "best.json").read_text())
+    return {"setting": name, "protocol": "exhaustive" if scored is res else f"two-step K={scored['k']}",
+            "i2t": {k: v for k, v in scored["i2t"].items() if k.startswith("r")},
+            "t2i": {k: v for k, v in scored["t2i"].items() if k.startswith("r")},
+            "rsum": scored["rsum"], "mR": scored["mR"], "best_epoch": best["epoch"] + 1,
+            "epochs_run": len(metrics), "train_minutes": sum(m["train_seconds"] for m in metrics) / 60,
+            "overrides": json.loads((run / "config.json").read_text())["overrides"]}
+
+
+def main() -> None:
+    out, title, specs = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
+    rows = [row(name, Path(path)) for name, path in (spec.rsplit("=", 1) for spec in specs)]
+    high = all("r100" in r["i2t"] for r in rows)  # two-step results also give R@20/50/100
+    ks = ("r1", "r5", "r10", "r20", "r50", "r100") if high else ("r1", "r5", "r10")
+    names = " | ".join(f"{d} R@{k[1:]}" if k == "r1" else f"R@{k[1:]}" for d in ("i2t", "t2i") for k in ks)
+    lines = [f"### {title}", "", f"| setting | protocol | {names} | rsum | best epoch / run | train min |",
+             "|---|---|" + "---|" * (2 * len(ks) + 3)]
+    for r in rows:
+        lines.append(f"| {r['setting']} | {r['protocol']} | " + " | ".join(
+            f"{r[d][k]:.1f}" for d in ("i2t", "t2i") for k in ks)
+            + f" | {r['rsum']:.1f} | {r['best_epoch']} / {r['epochs_run']} | {r['train_minutes']:.1f} |")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(rows), 3.2))
+    x = range(len(rows))
+    ax.bar([i - 0.2 for i in x], [r["i2t"]["r1"] for r in rows], 0.4, label="image→text R@1")
+    ax.bar([i + 0.2 for i in x], [r["t2i"]["r1"] for r in rows], 0.4, label="text→image R@1")
+    ax.set_xticks(list(x), [r["setting"] for r in rows], rotation=30, ha="right", fontsize=8)
+    ax.set(ylabel="R@1 (%)", title=title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out.with_suffix(".png"), dpi=110)
+    plt.close(fig)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

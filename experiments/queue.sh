@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The order the 2-core machine ran the MMCA and JGCAR experiments in (one heavy job at a time).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash experiments/mmca_flickr8k.sh main
+bash experiments/jgcar_flickr8k.sh main
+bash experiments/mmca_flickr8k.sh ablations
+bash experiments/jgcar_flickr8k.sh variants
+.venv/bin/python benchmarks/model_throughput.py --models vsepp:cpu-bert mmca:cpu jgcar:cpu

@@ -1,0 +1,154 @@
+"""JGCAR (Xu et al., MM 2018): the de-correlation and bi-rank losses, intra-modal triplets, the
+co-attention's batched and aligned forms, optimisers, keyword labels and a short end-to-end run."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import SYNTHETIC_SMALL as DATA
+from xmr.data.base import Split
+from xmr.data.labels import LABEL_NAMES, keyword_labels
+from xmr.models import create_model, get_preset
+from xmr.models.jgcar import bi_rank, decorrelation_loss, intra_triplet_loss
+from xmr.train import TrainConfig, train
+
+IMAGE_DIM, REGIONS, MAX_LEN = 12, 4, 7
+
+
+def small_model(**kw):
+    torch.manual_seed(0)
+    args = dict(vocab_size=30, image_dim=IMAGE_DIM, n_regions=REGIONS, max_len=MAX_LEN, word_dim=16,
+                phrase_dim=16, d=16, att_dim=8, negatives=3, dropout=0.0)
+    return create_model("jgcar", **{**args, **kw})
+
+
+def batch(n: int, seed: int = 1) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, MAX_LEN + 1, (n,), generator=g)
+    tokens = torch.randint(4, 30, (n, MAX_LEN), generator=g)
+    tokens[torch.arange(MAX_LEN)[None] >= lengths[:, None]] = 0
+    labels = torch.zeros(n, 3, dtype=torch.int8)
+    labels[torch.arange(n), torch.arange(n) % 3] = 1
+    return {"image": torch.randn(n, REGIONS, IMAGE_DIM, generator=g), "tokens": tokens, "lengths": lengths,
+            "labels": labels, "same_image": torch.zeros(n, n, dtype=torch.bool)}
+
+
+def test_decorrelation_is_zero_for_decorrelated_features_and_positive_otherwise():
+    # Each feature dimension is non-zero on its own batch item only: centred cross-products cancel.
+    x = torch.zeros(4, 3, 4)
+    for k in range(4):
+        x[k, :, k] = torch.tensor([1.0, -2.0, 0.5])
+    x = torch.cat([x, -x])  # zero batch mean at every position
+    assert decorrelation_loss(x).item() == pytest.approx(0.0, abs=1e-7)
+    y = x.clone()
+    y[..., 1] = y[..., 0] + 0.1 * y[..., 1]  # dimension 1 follows dimension 0
+    assert decorrelation_loss(y).item() > 0.1
+    # Hand computation for 2 items, 1 position, 2 dims: C = [[1, 1], [1, 1]] -> 1/2 (4 - 2) = 1.
+    z = torch.tensor([[[1.0, 1.0]], [[-1.0, -1.0]]])
+    assert decorrelation_loss(z).item() == pytest.approx(1.0)
+    # Padding positions are left out: junk there changes nothing.
+    mask = torch.tensor([[True, False], [True, False]])
+    padded = torch.cat([z, torch.randn(2, 1, 2) * 50], 1)
+    assert decorrelation_loss(padded, mask).item() == pytest.approx(1.0)
+
+
+def test_bi_rank_falls_as_the_positive_cosine_rises():
+    cross = torch.tensor([[0.3, 0.1, -0.2]])
+    intra = torch.tensor([[0.5, 0.2, 0.0]])
+    values = [bi_rank(torch.tensor([p]), cross, intra, 10.0).item() for p in (-0.5, 0.0, 0.4, 0.9)]
+    assert all(a > b for a, b in zip(values, values[1:])), values
+    assert 0 < values[-1] < 2
+    # Hand computation at gamma = 1, one negative each.
+    p, c, i = 0.5, 0.2, 0.1
+    want = 2 - math.exp(p) / (math.exp(p) + math.exp(c)) - math.exp(p) / (math.exp(1) + math.exp(i))
+    got = bi_rank(torch.tensor([p]), torch.tensor([[c]]), torch.tensor([[i]]), 1.0).item()
+    assert got == pytest.approx(want, rel=1e-6)
+
+
+def test_intra_triplet_matches_hand_computation():
+    emb = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]])
+    labels = torch.tensor([[1, 0], [1, 0], [0, 1]])
+    # Triplets (anchor, pos, neg): (0,1,2), (1,0,2); item 2 has no positive.
+    omega = emb @ emb.T
+    want = ((0.2 - omega[0, 1] + omega[0, 2]).clamp(min=0) + (0.2 - omega[1, 0] + omega[1, 2]).clamp(min=0)) / 2
+    assert intra_triplet_loss(emb, labels, 0.2).item() == pytest.approx(want.item())
+    assert intra_triplet_loss(emb, torch.zeros(3, 2), 0.2).item() == 0.0
+
+
+@torch.no_grad()
+def test_aligned_pairs_equal_all_pairs_and_padding_is_ignored():
+    model = small_model(pair_chunk=5).eval()
+    b = batch(6)
+    img, txt = model.encode_images(b), model.encode_texts(b)
+    full = model.similarity(img, txt)
+    rows, cols = torch.arange(6).repeat_interleave(6), torch.arange(6).repeat(6)
+    aligned = model.pair_similarity({k: v[rows] for k, v in img.items()}, {k: v[cols] for k, v in txt.items()})
+    torch.testing.assert_close(aligned.view(6, 6), full, rtol=0, atol=1e-5)
+    assert full.abs().max() <= 1 + 1e-6  # cosines
+    # Different token ids in padding positions change nothing.
+    junk = dict(b, tokens=b["tokens"].clone())
+    pad = torch.arange(MAX_LEN)[None] >= b["lengths"][:, None]
+    junk["tokens"][pad] = 7
+    torch.testing.assert_close(model.similarity(img, model.encode_texts(junk)), full, rtol=0, atol=1e-6)
+    # The co-attention's attention maps are distributions over regions and over real words.
+    a_v, a_s = model.attention_maps(img, txt)
+    torch.testing.assert_close(a_v.sum(-1), torch.ones(6))
+    assert (a_s[pad[:, : a_s.size(1)]] == 0).all()
+
+
+def test_beta_one_is_the_global_model_and_loss_parts():
+    model = small_model(beta=1.0).eval()
+    b = batch(6)
+    img, txt = model.encode_images(b), model.encode_texts(b)
+    torch.testing.assert_close(model.similarity(img, txt), img["g"] @ txt["g"].T)
+    parts = model.loss(img, txt, b)
+    assert "j_c" not in parts and parts["loss"].item() == pytest.approx(parts["j_g"].item())
+    joint = small_model(beta=0.5).train()
+    parts = joint.loss(joint.encode_images(b), joint.encode_texts(b), b)
+    want = 0.5 * parts["j_g"] + 0.5 * parts["j_c"]
+    assert parts["loss"].item() == pytest.approx(want.item(), rel=1e-6)
+    parts["loss"].backward()
+    assert all(p.grad is not None for p in joint.coattention_parameters())
+
+
+def test_paper_optimisers_split_the_parameters():
+    model = small_model()
+    recipe = {**get_preset("jgcar", "paper").train, "weight_decay": 1e-8, "momentum": 0.99}
+    sgd, rms = model.build_optimizers(recipe)
+    assert isinstance(sgd, torch.optim.SGD) and isinstance(rms, torch.optim.RMSprop)
+    ids = [id(p) for o in (sgd, rms) for g in o.param_groups for p in g["params"]]
+    assert sorted(ids) == sorted(id(p) for p in model.parameters())  # each exactly once
+    assert {id(p) for p in rms.param_groups[0]["params"]} == {id(p) for p in model.coattention_parameters()}
+
+
+def test_negatives_never_come_from_the_pairs_own_image():
+    model = small_model(negatives=30).eval()
+    b = batch(6)
+    b["same_image"][0, 1] = b["same_image"][1, 0] = True
+    neg_txt, neg_img = model.pick_negatives(model.encode_images(b), model.encode_texts(b), b)
+    assert neg_txt.shape == (6, 4)  # at most 6 - 2 usable for rows 0 and 1
+    assert 1 not in neg_txt[0].tolist() and 0 not in neg_txt[0].tolist()
+    assert all(k not in neg_img[k].tolist() for k in range(6))
+
+
+def test_keyword_labels_vote_over_captions():
+    caps = ["a dog runs", "the dog on grass", "a puppy", "a cat", "grass field",
+            "a man", "a woman", "people", "a guy", "a car"]
+    split = Split("x", ["a", "b"], caps, 5)
+    labels = keyword_labels(split)
+    named = [{LABEL_NAMES[c] for c in np.flatnonzero(row)} for row in labels]
+    assert named == [{"dog", "grass"}, {"man"}]
+
+
+def test_train_tiny_end_to_end(feature_cache, tmp_path):
+    best = train(TrainConfig(model="jgcar", preset="tiny", data=DATA, out=str(tmp_path / "run"),
+                             cache=str(feature_cache), overrides={"epochs": 2, "dev_rerank_k": 20},
+                             progress=False))
+    rows = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and rows[1]["train_loss"] < rows[0]["train_loss"]
+    assert {"train_j1", "train_j4", "train_j_c"} <= set(rows[0])
+    assert best["k"] == 20 and best["rsum"] > 150, best  # chance is ~51

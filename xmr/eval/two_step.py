@@ -1,0 +1,161 @@
+"""Two-step retrieval: a cheap first stage shortlists K candidates, a pairwise score re-ranks them.
+
+JGCAR (Sec. 2.5) retrieves the top K = 100 by its global representation and re-ranks them by the
+co-attentive score; the same scheme serves every pairwise model (ACMM, MMCA, JGCAR) with either the
+model's own cheap part (``embed``) or any trained embedding model (e.g. VSE++) as the first stage.
+
+The final list is the K candidates ordered by the pairwise score, then every other item in
+first-stage order. So a query whose ground truth is shortlisted gets its rank among the candidates
+by the pairwise score, and one whose ground truth is not keeps its first-stage rank (which is >= K).
+With K = all items the ranks equal exhaustive pairwise scoring. Ties follow the pessimistic rule of
+``xmr.eval.metrics``. Everything runs in query blocks: a block's first-stage scores against the
+whole database, its top-K, and ``model.pair_similarity`` on the block's (query, candidate) pairs.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from xmr.data.pairs import PairData
+from xmr.eval.evaluate import encode, take
+from xmr.eval.metrics import recall_summary, summarize
+from xmr.models.base import Reps, RetrievalModel
+
+
+def gt_ranks(scores: torch.Tensor, is_gt: torch.Tensor) -> torch.Tensor:
+    """0-based rank of each row's best ground truth: how many non-ground-truth items score >= it."""
+    best = scores.masked_fill(~is_gt, float("-inf")).amax(1, keepdim=True)
+    return ((scores >= best) & ~is_gt).sum(1)
+
+
+@torch.no_grad()
+def rerank_direction(model: RetrievalModel, queries: Reps, items: Reps, q_emb: torch.Tensor,
+                     i_emb: torch.Tensor, is_gt_fn, k: int, query_is_image: bool,
+                     pair_budget: int = 4096, progress: bool = False) -> dict:
+    """Two-step ranks of every query against all items, one direction.
+
+    ``queries`` / ``items``: the model's encoded parts; ``q_emb`` / ``i_emb``: first-stage
+    embeddings (rows aligned with them); ``is_gt_fn(q_idx) -> (B, N_items) bool`` marks each
+    query's ground truth. Returns 0-based ranks, first-stage ranks and the seconds each stage took.
+    """
+    nq, ni = q_emb.size(0), i_emb.size(0)
+    k = min(k, ni)
+    block = max(1, pair_budget // k)
+    ranks = torch.empty(nq, dtype=torch.long)
+    first_ranks = torch.empty(nq, dtype=torch.long)
+    t_first = t_rerank = 0.0
+    for s in tqdm(range(0, nq, block), desc=f"re-rank top {k}", disable=not progress):
+        q = torch.arange(s, min(nq, s + block))
+        t0 = time.perf_counter()
+        coarse = q_emb[q] @ i_emb.T  # (B, N_items)
+        is_gt = is_gt_fn(q)
+        first_ranks[q] = gt_ranks(coarse, is_gt)
+        cand = coarse.topk(k, dim=1).indices  # (B, K)
+        t1 = time.perf_counter()
+        q_rows, c_rows = q.repeat_interleave(k), cand.reshape(-1)
+        if query_is_image:
+            fine = model.pair_similarity(take(queries, q_rows), take(items, c_rows))
+        else:
+            fine = model.pair_similarity(take(items, c_rows), take(queries, q_rows))
+        fine = fine.view(len(q), k)
+        cand_gt = is_gt.gather(1, cand)
+        ranks[q] = torch.where(cand_gt.any(1), gt_ranks(fine, cand_gt), first_ranks[q])
+        t_first += t1 - t0
+        t_rerank += time.perf_counter() - t1
+    return {"ranks": ranks.numpy(), "first_ranks": first_ranks.numpy(),
+            "seconds": {"first_stage": t_first, "rerank": t_rerank}}
+
+
+@torch.no_grad()
+def two_step_evaluate(model: RetrievalModel, img: Reps, txt: Reps, caption_image: np.ndarray, k: int,
+                   first_stage: tuple[torch.Tensor, torch.Tensor] | None = None,
+                   pair_budget: int = 4096, progress: bool = False) -> dict:
+    """R@K etc. of two-step retrieval over a split, both directions, with the first stage's own
+    results, the ranks (``ranks``, ``first_stage.ranks``) and the time of each stage.
+
+    ``first_stage``: (image embeddings, caption embeddings) of any model for the same images and
+    captions (rows aligned with ``img`` / ``txt``); default the model's own ``embed``.
+    """
+    model.eval()
+    im_emb, tx_emb = first_stage if first_stage is not None else (model.embed(img), model.embed(txt))
+    if im_emb is None or tx_emb is None:
+        raise ValueError(f"model {model.name!r} has no embedding for a first stage; pass first_stage")
+    cap_img = torch.as_tensor(caption_image, dtype=torch.long)
+    i2t = rerank_direction(model, img, txt, im_emb, tx_emb, lambda q: cap_img[None, :] == q[:, None],
+                           k, True, pair_budget, progress)
+    image_ids = torch.arange(im_emb.size(0))
+    t2i = rerank_direction(model, txt, img, tx_emb, im_emb, lambda q: image_ids[None, :] == cap_img[q, None],
+                           k, False, pair_budget, progress)
+    out = summarize(i2t["ranks"], t2i["ranks"])
+    for direction, r in (("i2t", i2t["ranks"]), ("t2i", t2i["ranks"])):  # JGCAR's Table 3
+        out[direction].update({key: v for key, v in recall_summary(r, (20, 50, 100)).items()
+                               if key.startswith("r")})
+    out["first_stage"] = {k_: v for k_, v in summarize(i2t["first_ranks"], t2i["first_ranks"]).items()
+                          if k_ in ("i2t", "t2i", "rsum", "mR")}
+    out["k"] = int(k)
+    out["ranks"] = {"i2t": i2t["ranks"], "t2i": t2i["ranks"]}
+    out["first_stage"]["ranks"] = {"i2t": i2t["first_ranks"], "t2i": t2i["first_ranks"]}
+    out["seconds"] = {part: i2t["seconds"][part] + t2i["seconds"][part] for part in ("first_stage", "rerank")}
+    return out
+
+
+def k_curve(model: RetrievalModel, data: PairData, ks: list[int],
+            first_stage: tuple[torch.Tensor, torch.Tensor] | None = None, progress: bool = False) -> list[dict]:
+    """Two-step results (without per-query ranks) for each shortlist size K, encoding once."""
+    img, txt = encode(model, data, progress=progress)
+    out = []
+    for k in ks:
+        res = two_step_evaluate(model, img, txt, data.caption_image, k, first_stage, progress=progress)
+        res.pop("ranks")
+        res["first_stage"].pop("ranks")
+        out.append(res)
+    return out
+
+
+def first_stage_embeddings(run: str | Path, data: str, split: str, cache: Path,
+                           like: PairData) -> tuple[torch.Tensor, torch.Tensor]:
+    """Another trained model's embeddings of a split, as the first stage for ``like``'s model."""
+    from xmr.features.store import pair_data
+    from xmr.train import load_trained
+
+    model, vocab, meta = load_trained(run)
+    other = pair_data(data, split, model.inputs, vocab, meta["max_len"], meta["extractor"], cache)
+    if (other.n_images, other.n_captions) != (like.n_images, like.n_captions):
+        raise ValueError(f"first stage {run} sees {other.n_images} images / {other.n_captions} captions, "
+                         f"the model {like.n_images} / {like.n_captions}")
+    img, txt = encode(model, other)
+    im_emb, tx_emb = model.embed(img), model.embed(txt)
+    if im_emb is None or tx_emb is None:
+        raise ValueError(f"{run}: model {meta['model']!r} has no embedding to serve as a first stage")
+    return im_emb, tx_emb
+
+
+def plot_k_curve(rows: list[dict], exhaustive: dict | None, path: Path, title: str = "") -> None:
+    """R@1 both ways and re-ranking time against K, with the exhaustive result as lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ks = [r["k"] for r in rows]
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
+    for d, label, colour in (("i2t", "image→text", "C0"), ("t2i", "text→image", "C1")):
+        ax[0].plot(ks, [r[d]["r1"] for r in rows], marker="o", color=colour, label=f"{label} two-step")
+        if exhaustive:
+            ax[0].axhline(exhaustive[d]["r1"], color=colour, ls="--", lw=1, label=f"{label} exhaustive")
+    ax[0].set(xscale="log", xlabel="shortlist size K", ylabel="R@1 (%)", title=title or "two-step R@1")
+    ax[0].legend(fontsize=7)
+    ax[1].plot(ks, [r["seconds"]["first_stage"] + r["seconds"]["rerank"] for r in rows], marker="o",
+               label="two-step")
+    if exhaustive:
+        scoring = exhaustive["seconds"]["total"] - exhaustive["seconds"]["encode"]
+        ax[1].axhline(scoring, color="k", ls="--", lw=1, label="exhaustive")
+    ax[1].set(xscale="log", yscale="log", xlabel="shortlist size K", ylabel="seconds", title="scoring time")
+    ax[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

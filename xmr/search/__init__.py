@@ -1,0 +1,1 @@
+"""Search over a user's collection with any trained xmr model: index (faiss), engine, HTTP server."""

@@ -1,0 +1,224 @@
+"""Query an index: text -> images and image -> text, with a pairwise model's re-ranking.
+
+The first stage asks faiss for the top ``shortlist`` items by inner product of ``model.embed``
+vectors; a pairwise model (MMCA, JGCAR, ACMM) then re-scores them with ``pair_similarity`` on the
+query's and candidates' parts (``xmr.eval.two_step`` does the same for evaluation). Queries are
+validated here, so the CLI and the HTTP API give the same clear errors.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from xmr.search.index import SearchError, file_hash, read_meta
+
+MAX_QUERY_CHARS = 300
+MAX_K = 100
+
+
+@dataclass
+class Hit:
+    rank: int
+    score: float
+    image_id: str | None = None
+    image_index: int | None = None
+    caption: str | None = None
+    caption_index: int | None = None
+    first_stage_score: float | None = None
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+class Searcher:
+    """A loaded index with its model; thread-safe for reads (torch inference, faiss search)."""
+
+    def __init__(self, path: str | Path, shortlist: int = 100, check_checkpoint: bool = True):
+        import faiss
+
+        from xmr.train import load_trained
+
+        self.path = Path(path)
+        self.meta = read_meta(self.path)
+        run = Path(self.meta["run"])
+        if not (run / "best.safetensors").is_file():
+            raise SearchError(f"{self.path}: the model run {run} it was built with is gone")
+        if check_checkpoint and file_hash(run / "best.safetensors") != self.meta["checkpoint_sha256"]:
+            raise SearchError(f"{self.path}: built with checkpoint {self.meta['checkpoint_sha256']} of {run}, "
+                              "which has changed since; rebuild the index")
+        self.model, self.vocab, self.run_meta = load_trained(run)
+        if self.run_meta["model"] != self.meta["model"]:
+            raise SearchError(f"{self.path}: index is for model {self.meta['model']!r}, run holds "
+                              f"{self.run_meta['model']!r}")
+        self.items = json.loads((self.path / "items.json").read_text())
+        self.indexes = {side: faiss.read_index(str(self.path / f"{side}.faiss")) for side in self.meta["counts"]}
+        self.shortlist = shortlist
+        self.image_of = {image_id: i for i, image_id in enumerate(self.items["image_ids"])}
+
+    # ------------------------------------------------------------------ inputs
+    @cached_property
+    def image_features(self) -> np.ndarray:
+        return np.load(self.path / "image_features.npy", mmap_mode="r")
+
+    @cached_property
+    def text_features(self) -> dict[str, np.ndarray]:
+        return {p.stem[len("text_"):]: np.load(p, mmap_mode="r") for p in self.path.glob("text_*.npy")}
+
+    @cached_property
+    def _bert(self):
+        from xmr.features.text import load_bert
+
+        return load_bert()
+
+    @cached_property
+    def _backbone(self):
+        from xmr.features.image import ExtractorSpec, load_backbone
+
+        spec = ExtractorSpec.parse(self.meta["extractor"])
+        return load_backbone(resolution=spec.resolution), spec.resolution
+
+    def text_batch(self, captions: list[str], stored: np.ndarray | None = None) -> dict:
+        """Model inputs of sentences: token ids, plus BERT states (stored rows, or computed now)."""
+        tokens, lengths = self.vocab.encode_batch(captions, self.meta["max_len"])
+        batch = {"tokens": torch.from_numpy(tokens), "lengths": torch.from_numpy(lengths)}
+        if "bert" in self.model.inputs.text:
+            if stored is not None:
+                states, mask = self.text_features["bert"][stored], self.text_features["bert_mask"][stored]
+            else:
+                from xmr.features.text import bert_encode
+
+                states, mask = bert_encode(captions, *self._bert)
+            batch["bert"], batch["bert_mask"] = torch.from_numpy(np.asarray(states)), torch.from_numpy(np.asarray(mask))
+        return batch
+
+    def image_batch_from_pil(self, image) -> dict:
+        from xmr.features.image import image_features
+
+        backbone, resolution = self._backbone
+        grid = image_features([image], backbone, resolution)
+        return {"image": grid if self.meta["image_input"] == "regions" else grid.mean(1)}
+
+    def image_batch_stored(self, idx: np.ndarray) -> dict:
+        return {"image": torch.from_numpy(np.asarray(self.image_features[idx], dtype=np.float32))}
+
+    # ------------------------------------------------------------------ checks
+    def check_k(self, k: int) -> int:
+        if not isinstance(k, int) or not 1 <= k <= MAX_K:
+            raise SearchError(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
+        return k
+
+    def check_query(self, query: str) -> str:
+        if not isinstance(query, str) or not query.strip():
+            raise SearchError("empty query: give a sentence to search for")
+        if len(query) > MAX_QUERY_CHARS:
+            raise SearchError(f"query is {len(query)} characters; the limit is {MAX_QUERY_CHARS}")
+        return " ".join(query.split())
+
+    def need(self, side: str) -> None:
+        if side not in self.indexes:
+            raise SearchError(f"this index holds no {side} (collection: {self.meta['collection']['kind']})")
+
+    # ------------------------------------------------------------------ search
+    @torch.no_grad()
+    def _search(self, query_reps: dict, side: str, k: int, candidate_batch) -> list[Hit]:
+        vec = self.model.embed(query_reps).float().numpy()
+        depth = min(self.indexes[side].ntotal, max(k, self.shortlist if self.model.pairwise else k))
+        first, idx = self.indexes[side].search(np.ascontiguousarray(vec, dtype=np.float32), depth)
+        keep = idx[0] >= 0
+        first, idx = first[0][keep], idx[0][keep]
+        scores = first
+        if self.model.pairwise and len(idx):
+            cand = candidate_batch(idx)
+            if side == "images":
+                cand_reps = self.model.encode_images(cand)
+                q = {key: v.expand(len(idx), *v.shape[1:]) for key, v in query_reps.items()}
+                scores = self.model.pair_similarity(cand_reps, q).numpy()
+            else:
+                cand_reps = self.model.encode_texts(cand)
+                q = {key: v.expand(len(idx), *v.shape[1:]) for key, v in query_reps.items()}
+                scores = self.model.pair_similarity(q, cand_reps).numpy()
+        order = np.argsort(-scores, kind="stable")[:k]
+        hits = []
+        for rank, o in enumerate(order, 1):
+            hit = Hit(rank, float(scores[o]), first_stage_score=float(first[o]) if self.model.pairwise else None)
+            if side == "images":
+                hit.image_index, hit.image_id = int(idx[o]), self.items["image_ids"][idx[o]]
+            else:
+                hit.caption_index, hit.caption = int(idx[o]), self.items["captions"][idx[o]]
+                owner = self.items["caption_image"][idx[o]]
+                if owner >= 0 and self.items["image_ids"]:
+                    hit.image_index, hit.image_id = owner, self.items["image_ids"][owner]
+            hits.append(hit)
+        return hits
+
+    def search_text(self, query: str, k: int = 10) -> list[Hit]:
+        """Images for a sentence."""
+        query, k = self.check_query(query), self.check_k(k)
+        self.need("images")
+        self.model.eval()
+        with torch.no_grad():
+            reps = self.model.encode_texts(self.text_batch([query]))
+        return self._search(reps, "images", k, self.image_batch_stored)
+
+    def search_image(self, image, k: int = 10) -> list[Hit]:
+        """Sentences for a PIL image."""
+        k = self.check_k(k)
+        self.need("captions")
+        self.model.eval()
+        with torch.no_grad():
+            reps = self.model.encode_images(self.image_batch_from_pil(image))
+        captions = self.items["captions"]
+        return self._search(reps, "captions", k, lambda idx: self.text_batch([captions[i] for i in idx], idx))
+
+    def sentences_for_item(self, image_id: str, k: int = 5) -> list[Hit]:
+        """Best sentences in the index for one of its own images (stored features)."""
+        i = self.image_index(image_id)
+        k = self.check_k(k)
+        self.need("captions")
+        self.model.eval()
+        with torch.no_grad():
+            reps = self.model.encode_images(self.image_batch_stored(np.array([i])))
+        captions = self.items["captions"]
+        return self._search(reps, "captions", k, lambda idx: self.text_batch([captions[j] for j in idx], idx))
+
+    def image_index(self, image_id: str) -> int:
+        if image_id not in self.image_of:
+            raise KeyError(f"no image {image_id!r} in this index")
+        return self.image_of[image_id]
+
+    def own_captions(self, image_id: str) -> list[str]:
+        i = self.image_index(image_id)
+        return [c for c, owner in zip(self.items["captions"], self.items["caption_image"]) if owner == i]
+
+    def load_image(self, image_id: str):
+        """The collection's own image (a file of the collection, or a rendered synthetic image)."""
+        i = self.image_index(image_id)
+        paths = self.items["image_paths"]
+        if paths:
+            from xmr.data.images import load_rgb
+
+            return load_rgb(paths[i])
+        coll = self.meta["collection"]
+        if coll["kind"] != "split":
+            raise SearchError(f"image {image_id!r} has no stored file")
+        from xmr.data import open_split
+
+        return open_split(coll["source"], coll["split"]).load_image(i)
+
+    @torch.no_grad()
+    def attention(self, image_id: str, query: str) -> dict | None:
+        """The model's attention over the image's grid cells for a sentence, if it has one."""
+        if not hasattr(self.model, "attention_maps"):
+            return None
+        i = self.image_index(image_id)
+        query = self.check_query(query)
+        img = self.model.encode_images(self.image_batch_stored(np.array([i])))
+        txt = self.model.encode_texts(self.text_batch([query]))
+        a_v, a_s = self.model.attention_maps(img, txt)
+        side = int(round(a_v.size(1) ** 0.5))
+        return {"grid": side, "weights": a_v[0].tolist()}

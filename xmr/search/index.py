@@ -1,0 +1,253 @@
+"""``xmr index build``: encode a collection with a trained model and store it as a search index.
+
+A collection is a dataset split (images and their captions), a folder of images, or a file of
+sentences (one per line). The index folder holds:
+
+- ``meta.json``: format version, the model run and a hash of its checkpoint (an index is only
+  served with the checkpoint it was built with), the extractor, the collection and the faiss
+  index kinds;
+- ``images.faiss`` / ``captions.faiss``: the first-stage vectors (``model.embed``) under inner
+  product: exact (``flat``) for small collections, HNSW or IVF for large ones (``auto`` picks by
+  size; ``--kind`` overrides);
+- ``items.json``: image ids, image paths, captions, which image each caption belongs to;
+- ``image_features.npy`` and (pairwise models) ``text_<name>.npy``: the model's raw inputs, so a
+  pairwise model can re-rank the first stage's candidates and an indexed image can be a query.
+
+Publishing is atomic: the index path is a symlink to a complete version folder, swapped with one
+``os.replace``; a crash while building leaves the previous version in place and usable.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+FORMAT_VERSION = 1
+EXACT_LIMIT = 50_000  # auto: exact search below this many vectors
+IVF_FROM = 500_000  # auto: IVF from this many vectors (HNSW between)
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+
+class SearchError(ValueError):
+    """A problem with an index or its inputs, with a message a user can act on."""
+
+
+def file_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def choose_kind(n: int, kind: str = "auto") -> str:
+    if kind not in ("auto", "flat", "hnsw", "ivf"):
+        raise SearchError(f"index kind must be auto, flat, hnsw or ivf, not {kind!r}")
+    if kind != "auto":
+        return kind
+    return "flat" if n < EXACT_LIMIT else ("hnsw" if n < IVF_FROM else "ivf")
+
+
+def make_faiss(vectors: np.ndarray, kind: str, seed: int = 0):
+    """A faiss inner-product index over ``vectors`` (float32, (n, d)) of the given kind."""
+    import faiss
+
+    n, d = vectors.shape
+    if kind == "flat":
+        index = faiss.IndexFlatIP(d)
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = 80
+        index.hnsw.efSearch = 128
+    else:
+        nlist = max(1, min(n // 39, int(4 * np.sqrt(n))))  # faiss wants >= 39 training points per list
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        rng = np.random.default_rng(seed)
+        index.train(vectors[rng.choice(n, min(n, 256 * nlist), replace=False)])
+        index.nprobe = min(nlist, 16)
+    index.add(vectors)
+    return index
+
+
+@dataclass
+class Collection:
+    """What gets indexed: ``data`` (a dataset split, via the model's inputs) or raw images / sentences."""
+
+    kind: str  # "split" | "images" | "sentences"
+    source: str
+    split: str = "test"
+
+    def describe(self) -> str:
+        return f"{self.source} [{self.split}]" if self.kind == "split" else self.source
+
+
+def collect(collection: Collection, model, vocab, meta: dict, work: Path, cache: Path, progress: bool):
+    """The collection as PairData (features and text inputs the model reads)."""
+    from xmr.data.base import DataError, Split
+    from xmr.data.pairs import PairData
+    from xmr.data.text import read_caption_line
+    from xmr.features.store import pair_data
+
+    if collection.kind == "split":
+        return pair_data(collection.source, collection.split, model.inputs, vocab, meta["max_len"],
+                         meta["extractor"], cache, progress)
+    if collection.kind == "images":
+        folder = Path(collection.source)
+        if not folder.is_dir():
+            raise SearchError(f"{folder}: not a folder of images")
+        paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not paths:
+            raise SearchError(f"{folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        split = Split("images", [str(p.relative_to(folder)) for p in paths], [], 0, image_paths=paths)
+        from xmr.features.image import extract_split, feature_dirs
+
+        extract_split(split, work / "extract", meta["extractor"], progress=progress)
+        grid_dir, pooled_dir = feature_dirs(work / "extract")
+        regions = model.inputs.image == "regions"
+        split.features = np.load((grid_dir if regions else pooled_dir) / "images_ims.npy", mmap_mode="r")
+        return PairData(split, vocab, meta["max_len"])
+    path = Path(collection.source)
+    if not path.is_file():
+        raise SearchError(f"{path}: sentence file not found")
+    sentences = []
+    for lineno, raw in enumerate(path.read_bytes().splitlines(), 1):
+        if raw.strip():
+            try:
+                sentences.append(read_caption_line(raw, path, lineno)[1])
+            except DataError as e:
+                raise SearchError(str(e)) from e
+    if not sentences:
+        raise SearchError(f"{path}: no sentences")
+    split = Split("sentences", [f"sentence-{i}" for i in range(len(sentences))], sentences, 1)
+    extra = {}
+    if "bert" in model.inputs.text:
+        from xmr.features.text import bert_states
+
+        states, mask = bert_states(sentences, work / "text", "sentences", progress=progress)
+        extra = {"bert": states, "bert_mask": mask}
+    return PairData(split, vocab, meta["max_len"], extra)
+
+
+@torch.no_grad()
+def embed_all(model, data, side: str, batch_size: int = 256, progress: bool = False) -> np.ndarray:
+    """First-stage vectors of every image (``side="images"``) or caption, float32 (n, d)."""
+    n = data.n_images if side == "images" else data.n_captions
+    out = []
+    for s in tqdm(range(0, n, batch_size), desc=f"embed {side}", disable=not progress):
+        idx = np.arange(s, min(n, s + batch_size))
+        reps = model.encode_images(data.image_batch(idx)) if side == "images" else \
+            model.encode_texts(data.text_batch(idx))
+        vec = model.embed(reps)
+        if vec is None:
+            raise SearchError(f"model {model.name!r} has no embedding to index")
+        out.append(vec.float().numpy())
+    return np.ascontiguousarray(np.concatenate(out), dtype=np.float32)
+
+
+def build_index(run: str | Path, collection: Collection, out: str | Path, kind: str = "auto",
+                cache: Path = Path("runs/cache"), progress: bool = True) -> dict:
+    """Encode ``collection`` with the trained model in ``run`` and publish the index at ``out``."""
+    import faiss
+
+    from xmr.train import load_trained
+
+    run, out = Path(run).resolve(), Path(out)
+    model, vocab, meta = load_trained(run)
+    versions = out.parent / f"{out.name}.versions"
+    versions.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_symlink():
+        raise SearchError(f"{out} exists and is not an xmr index; choose another --out")
+    stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
+    work = versions / f".building-{stamp}"
+    work.mkdir()
+    try:
+        t0 = time.perf_counter()
+        data = collect(collection, model, vocab, meta, work, cache, progress)
+        sides = {}
+        if collection.kind != "sentences":
+            sides["images"] = embed_all(model, data, "images", progress=progress)
+        if data.n_captions:
+            sides["captions"] = embed_all(model, data, "captions", progress=progress)
+        kinds = {}
+        for side, vectors in sides.items():
+            kinds[side] = choose_kind(len(vectors), kind)
+            faiss.write_index(make_faiss(vectors, kinds[side]), str(work / f"{side}.faiss"))
+        # The model's raw inputs: a pairwise model re-ranks candidates from them, and an indexed
+        # image is re-encoded from them as a query (the page's "best sentences" for an image).
+        if "images" in sides:
+            np.save(work / "image_features.npy", np.asarray(data.features, dtype=np.float16))
+        if model.pairwise:
+            for name, values in data.text_features.items():
+                np.save(work / f"text_{name}.npy", np.asarray(values))
+        items = {"image_ids": list(data.split.image_ids) if "images" in sides else [],
+                 "image_paths": [str(Path(p).resolve()) for p in data.split.image_paths]
+                 if "images" in sides and data.split.image_paths else None,
+                 "captions": list(data.split.captions),
+                 "caption_image": data.caption_image.tolist() if collection.kind == "split" else
+                 [-1] * data.n_captions}
+        (work / "items.json").write_text(json.dumps(items))
+        info = {"format_version": FORMAT_VERSION, "run": str(run), "model": meta["model"],
+                "checkpoint_sha256": file_hash(run / "best.safetensors"), "pairwise": model.pairwise,
+                "extractor": meta["extractor"], "max_len": meta["max_len"], "image_input": model.inputs.image,
+                "collection": {"kind": collection.kind, "source": collection.source, "split": collection.split},
+                "counts": {side: len(v) for side, v in sides.items()},
+                "dim": int(next(iter(sides.values())).shape[1]), "index_kinds": kinds,
+                "build_seconds": time.perf_counter() - t0, "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+        (work / "meta.json").write_text(json.dumps(info, indent=1))
+        shutil.rmtree(work / "extract", ignore_errors=True)
+        shutil.rmtree(work / "text", ignore_errors=True)
+        final = versions / stamp
+        os.replace(work, final)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    publish(final, out)
+    return info
+
+
+def publish(version: Path, out: Path) -> None:
+    """Point ``out`` at ``version`` atomically; keep the previous version, drop older ones."""
+    previous = out.resolve() if out.is_symlink() else None
+    tmp_link = out.parent / f".{out.name}.link-{os.getpid()}"
+    tmp_link.unlink(missing_ok=True)
+    tmp_link.symlink_to(os.path.relpath(version, out.parent))
+    os.replace(tmp_link, out)
+    keep = {version.resolve(), previous}
+    for old in version.parent.iterdir():
+        if old.resolve() not in keep and not old.name.startswith(".building-"):
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def read_meta(path: str | Path) -> dict:
+    path = Path(path)
+    meta_file = path / "meta.json"
+    if not meta_file.is_file():
+        raise SearchError(f"{path}: not an xmr index (no meta.json); build one with `xmr index build`")
+    meta = json.loads(meta_file.read_text())
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise SearchError(f"{path}: index format {meta.get('format_version')} is not this xmr's "
+                          f"({FORMAT_VERSION}); rebuild it with `xmr index build`")
+    return meta
+
+
+def describe(path: str | Path) -> str:
+    """What ``xmr index info`` prints."""
+    meta = read_meta(path)
+    coll = meta["collection"]
+    lines = [f"index {Path(path)} -> {Path(path).resolve().name}",
+             f"model       {meta['model']} ({'pairwise: re-ranks its first stage' if meta['pairwise'] else 'embedding'})"
+             f" from {meta['run']} (checkpoint {meta['checkpoint_sha256']})",
+             f"collection  {coll['kind']}: {coll['source']}" + (f" [{coll['split']}]" if coll["kind"] == "split" else ""),
+             f"features    {meta['extractor']} ({meta['image_input']})"]
+    for side, n in meta["counts"].items():
+        lines.append(f"{side:11s} {n} vectors, {meta['dim']}-d, faiss {meta['index_kinds'][side]}")
+    lines.append(f"built       {meta['created']} in {meta['build_seconds']:.1f}s")
+    return "\n".join(lines)

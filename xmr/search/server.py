@@ -1,0 +1,101 @@
+"""``xmr serve``: an HTTP API and a web page over one index (FastAPI).
+
+Endpoints (all answers JSON unless noted; errors are 4xx with ``{"detail": message}``):
+
+- ``GET  /api/health``                       model, collection and counts
+- ``GET  /api/search?q=...&k=10``             images for a sentence (k in 1..100, q <= 300 chars)
+- ``POST /api/search/image`` (form: file, k)  sentences for an uploaded image (JPEG/PNG/WebP/GIF/BMP,
+                                              at most 10 MB and 40 megapixels)
+- ``GET  /api/items/{image_id}?k=5``          an image's own captions and the index's best sentences
+- ``GET  /api/attention/{image_id}?q=...``    the model's attention grid for a sentence (404 if none)
+- ``GET  /images/{image_id}``                 the image (PNG), only from the index's own collection
+- ``GET  /``                                  the search page
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from fastapi import FastAPI, File, Form, HTTPException, Query, UploadFile
+from fastapi.responses import FileResponse, Response
+from PIL import Image, UnidentifiedImageError
+
+from xmr.data.images import MAX_PIXELS
+from xmr.search.engine import MAX_K, MAX_QUERY_CHARS, Searcher
+from xmr.search.index import SearchError
+
+MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+STATIC = Path(__file__).parent / "static"
+
+
+def create_app(searcher: Searcher) -> FastAPI:
+    app = FastAPI(title="xmr search", description=__doc__)
+
+    def guard(fn, *args):
+        try:
+            return fn(*args)
+        except SearchError as e:
+            raise HTTPException(400, str(e)) from e
+        except KeyError as e:
+            raise HTTPException(404, e.args[0]) from e
+
+    @app.get("/api/health")
+    def health() -> dict:
+        m = searcher.meta
+        return {"status": "ok", "model": m["model"], "pairwise": m["pairwise"], "collection": m["collection"],
+                "counts": m["counts"], "attention": hasattr(searcher.model, "attention_maps"),
+                "limits": {"k": [1, MAX_K], "query_chars": MAX_QUERY_CHARS, "upload_bytes": MAX_UPLOAD_BYTES}}
+
+    @app.get("/api/search")
+    def search(q: str = Query("", description="the sentence"), k: int = Query(10)) -> dict:
+        hits = guard(searcher.search_text, q, k)
+        return {"query": q, "k": k, "results": [h.as_dict() for h in hits]}
+
+    @app.post("/api/search/image")
+    async def search_image(file: UploadFile = File(...), k: int = Form(10)) -> dict:
+        data = await file.read(MAX_UPLOAD_BYTES + 1)
+        if len(data) > MAX_UPLOAD_BYTES:
+            raise HTTPException(413, f"upload is over {MAX_UPLOAD_BYTES // (1024 * 1024)} MB")
+        if not data:
+            raise HTTPException(400, "empty upload")
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                if im.width * im.height > MAX_PIXELS:
+                    raise HTTPException(413, f"image is {im.width}x{im.height}, over {MAX_PIXELS} pixels")
+                image = im.convert("RGB")
+        except (UnidentifiedImageError, OSError) as e:
+            raise HTTPException(415, f"{file.filename or 'upload'} is not a readable image ({e.__class__.__name__})") from e
+        hits = guard(searcher.search_image, image, k)
+        return {"k": k, "results": [h.as_dict() for h in hits]}
+
+    @app.get("/api/items/{image_id:path}")
+    def item(image_id: str, k: int = Query(5)) -> dict:
+        own = guard(searcher.own_captions, image_id)
+        best = guard(searcher.sentences_for_item, image_id, k) if "captions" in searcher.indexes else []
+        return {"image_id": image_id, "captions": own, "best_sentences": [h.as_dict() for h in best]}
+
+    @app.get("/api/attention/{image_id:path}")
+    def attention(image_id: str, q: str = Query("")) -> dict:
+        out = guard(searcher.attention, image_id, q)
+        if out is None:
+            raise HTTPException(404, f"model {searcher.meta['model']!r} has no attention map")
+        return out
+
+    @app.get("/images/{image_id:path}")
+    def image(image_id: str) -> Response:
+        picture = guard(searcher.load_image, image_id)
+        buf = io.BytesIO()
+        picture.save(buf, format="PNG")
+        return Response(buf.getvalue(), media_type="image/png", headers={"Cache-Control": "max-age=3600"})
+
+    @app.get("/")
+    def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    return app
+
+
+def serve(index: str | Path, host: str = "127.0.0.1", port: int = 8000) -> None:
+    import uvicorn
+
+    uvicorn.run(create_app(Searcher(index)), host=host, port=port, log_level="info")
