@@ -13,7 +13,6 @@ import numpy as np
 import torch
 
 from xmr.data import open_split
-from xmr.data.images import load_rgb
 from xmr.data.text import tokenize
 from xmr.eval.evaluate import encode, take
 from xmr.features.store import pair_data
@@ -47,7 +46,7 @@ def main() -> None:
     side = int(round(a_v.size(1) ** 0.5))
     fig, axes = plt.subplots(2, len(q), figsize=(3.2 * len(q), 6.4))
     for col, (i, c) in enumerate(zip(q.tolist(), best.tolist())):
-        photo = load_rgb(split.image_paths[i]).resize((224, 224))
+        photo = split.load_image(i).resize((224, 224))
         heat = a_v[col].view(side, side).numpy()
         words = tokenize(split.captions[c])[: a_s.size(1)]
         top = np.argsort(-a_s[col, : len(words)].numpy())[:3]

@@ -8,7 +8,8 @@
 #   bash experiments/jgcar_flickr8k.sh [main|variants|all]   (default all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-XMR=.venv/bin/xmr
+MODEL=jgcar PRESET=cpu
+source experiments/common.sh
 RUNS=${RUNS:-runs/jgcar-f8k}
 OUT=results/jgcar-flickr8k
 VAR_IMAGES=${VAR_IMAGES:-1000}
@@ -16,16 +17,6 @@ VAR_EPOCHS=${VAR_EPOCHS:-2}
 STAGE=${1:-all}
 mkdir -p "$OUT" "$RUNS"
 $XMR features flickr8k >/dev/null
-
-train() {  # name, then --set KEY=VALUE overrides
-  local name=$1; shift
-  $XMR train --model jgcar --preset cpu --data flickr8k --out "$RUNS/$name" --threads "${THREADS:-2}" \
-    --quiet --resume "$@" >> "$RUNS/$name.log" 2>&1
-}
-evaluate() {  # name, json, then eval options
-  local name=$1 json=$2; shift 2
-  [ -f "$json" ] || $XMR eval "$RUNS/$name" --split test --json "$json" "$@" >> "$RUNS/$name.log" 2>&1
-}
 
 if [ "$STAGE" = main ] || [ "$STAGE" = all ]; then
   train joint

@@ -2,14 +2,15 @@
 # MMCA on Flickr8k: the full model (cpu preset), its exhaustive 1K x 5K test evaluation and the
 # two-step K-curve, then the alpha (Table 6) and d (Tables 4-5) ablations on a reduced budget.
 # Regenerates results/mmca-flickr8k/. Re-running resumes unfinished runs and reuses finished ones.
-#   bash experiments/mmca_flickr8k.sh [main|ablations|all]   (default all)
+#   bash experiments/mmca_flickr8k.sh [main|alpha|d|all]   (default all)
 # The VSE++ first-stage comparison reuses experiments/vsepp_flickr8k.sh's chosen run (trained if absent).
 #   full model: ~6 epochs x 8 min + ~10 min exhaustive test on 2 cores
 #   ablations:  first ABL_IMAGES training images, ABL_EPOCHS epochs each, evaluated on test by
 #               two-step retrieval (own i0.c0 shortlist of 100, re-ranked by S)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-XMR=.venv/bin/xmr
+MODEL=mmca PRESET=cpu
+source experiments/common.sh
 RUNS=${RUNS:-runs/mmca-f8k}
 OUT=results/mmca-flickr8k
 ABL_IMAGES=${ABL_IMAGES:-1000}
@@ -18,16 +19,6 @@ STAGE=${1:-all}
 VSEPP_RUN=runs/vsepp-f8k-sweep/$(cat results/vsepp-flickr8k/chosen.txt)
 mkdir -p "$OUT" "$RUNS"
 $XMR features flickr8k >/dev/null
-
-train() {  # name, then --set KEY=VALUE overrides
-  local name=$1; shift
-  $XMR train --model mmca --preset cpu --data flickr8k --out "$RUNS/$name" --threads "${THREADS:-2}" \
-    --quiet --resume "$@" >> "$RUNS/$name.log" 2>&1
-}
-evaluate() {  # name, json, then eval options
-  local name=$1 json=$2; shift 2
-  [ -f "$json" ] || $XMR eval "$RUNS/$name" --split test --json "$json" "$@" >> "$RUNS/$name.log" 2>&1
-}
 
 # 1. The full model: exhaustive test (every image x caption through the cross branch) and two-step
 #    with MMCA's own i0.c0 as first stage, and with VSE++ as first stage.
@@ -38,16 +29,20 @@ if [ "$STAGE" = main ] || [ "$STAGE" = all ]; then
   evaluate full "$OUT/test-vsepp-first-stage.json" --two-step 20 100 --no-exhaustive --first-stage "$VSEPP_RUN"
   cp "$RUNS/full/metrics.jsonl" "$RUNS/full/curve.png" "$RUNS/full/config.json" "$OUT/"
 fi
-[ "$STAGE" = ablations ] || [ "$STAGE" = all ] || exit 0
 
-# 2. Ablations on the reduced budget.
+# 2. Ablations on the reduced budget: alpha (Table 6), then d (Tables 4-5; d = 64 is alpha-0.2).
 ABL=(--set "train_images=$ABL_IMAGES" --set "epochs=$ABL_EPOCHS" --set "lr_decay_epochs=[$ABL_EPOCHS]")
 alpha_rows=() d_rows=()
-for a in 0 0.1 0.2 0.4 0.8; do
-  train "alpha-$a" "${ABL[@]}" --set alpha=$a
-  evaluate "alpha-$a" "$RUNS/alpha-$a/test-k100.json" --two-step 100 --no-exhaustive
-  alpha_rows+=("alpha=$a=$RUNS/alpha-$a/test-k100.json")
-done
+if [ "$STAGE" = alpha ] || [ "$STAGE" = d ] || [ "$STAGE" = all ]; then
+  for a in 0 0.1 0.2 0.4 0.8; do
+    train "alpha-$a" "${ABL[@]}" --set alpha=$a
+    evaluate "alpha-$a" "$RUNS/alpha-$a/test-k100.json" --two-step 100 --no-exhaustive
+    alpha_rows+=("alpha=$a=$RUNS/alpha-$a/test-k100.json")
+  done
+  .venv/bin/python experiments/ablation_table.py "$OUT/ablation-alpha" \
+    "MMCA alpha ablation (Flickr8k test, $ABL_IMAGES training images, $ABL_EPOCHS epochs)" "${alpha_rows[@]}"
+fi
+[ "$STAGE" = d ] || [ "$STAGE" = all ] || exit 0
 for d in 64 128 256 512; do
   name="d-$d"; [ "$d" = 64 ] && name="alpha-0.2"  # the cpu preset's d = 64 is the alpha = 0.2 run
   if [ "$d" != 64 ]; then
@@ -56,8 +51,6 @@ for d in 64 128 256 512; do
   fi
   d_rows+=("d=$d=$RUNS/$name/test-k100.json")
 done
-.venv/bin/python experiments/ablation_table.py "$OUT/ablation-alpha" \
-  "MMCA alpha ablation (Flickr8k test, $ABL_IMAGES training images, $ABL_EPOCHS epochs)" "${alpha_rows[@]}"
 .venv/bin/python experiments/ablation_table.py "$OUT/ablation-d" \
   "MMCA d ablation (Flickr8k test, $ABL_IMAGES training images, $ABL_EPOCHS epochs)" "${d_rows[@]}"
 .venv/bin/python -c "import json; from xmr.machine import machine_info; print(json.dumps(machine_info()))" > "$OUT/machine.json"

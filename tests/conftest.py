@@ -250,21 +250,20 @@ def _trained(tmp_path_factory, cache, model: str) -> str:
     return str(out)
 
 
-@pytest.fixture(scope="session")
-def vsepp_index(tmp_path_factory, feature_cache):
+def _index(tmp_path_factory, cache, model: str):
     from xmr.search.index import Collection, build_index
 
-    run = _trained(tmp_path_factory, feature_cache, "vsepp")
-    out = tmp_path_factory.mktemp("idx") / "vsepp-index"
-    build_index(run, Collection("split", SYNTHETIC_SMALL, "test"), out, cache=feature_cache, progress=False)
+    run = _trained(tmp_path_factory, cache, model)
+    out = tmp_path_factory.mktemp("idx") / f"{model}-index"
+    build_index(run, Collection("split", SYNTHETIC_SMALL, "test"), out, cache=cache, progress=False)
     return run, out
+
+
+@pytest.fixture(scope="session")
+def vsepp_index(tmp_path_factory, feature_cache):
+    return _index(tmp_path_factory, feature_cache, "vsepp")
 
 
 @pytest.fixture(scope="session")
 def jgcar_index(tmp_path_factory, feature_cache):
-    from xmr.search.index import Collection, build_index
-
-    run = _trained(tmp_path_factory, feature_cache, "jgcar")
-    out = tmp_path_factory.mktemp("idx") / "jgcar-index"
-    build_index(run, Collection("split", SYNTHETIC_SMALL, "test"), out, cache=feature_cache, progress=False)
-    return run, out
+    return _index(tmp_path_factory, feature_cache, "jgcar")

@@ -159,7 +159,6 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         cfg = TrainConfig(**{**saved, "progress": cfg.progress,
                              "overrides": {**saved["overrides"], **cfg.overrides}})
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
-    seed_everything(cfg.seed)
     model_kw, recipe = cfg.resolved()
     inputs = get_entry(cfg.model).cls.inputs_for(**model_kw)
     if resuming:
@@ -175,6 +174,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         dev_data = dev_data.head(int(recipe["dev_images"]))
     if recipe["train_images"]:  # reduced-budget runs (e.g. ablations) train on the first N images
         train_data = train_data.head(int(recipe["train_images"]))
+    # Seeded after the data: extracting features on a cold cache builds the CNN, which draws from
+    # the global RNG, and a run's weights must not depend on whether the cache was warm.
+    seed_everything(cfg.seed)
     model, model_kwargs = build(cfg, vocab, train_data, word_vectors=not resuming)
     optimizers = build_optimizers(model, recipe)
     meta_base = {"model": cfg.model, "model_kwargs": model_kwargs,

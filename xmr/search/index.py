@@ -71,7 +71,7 @@ def make_faiss(vectors: np.ndarray, kind: str, seed: int = 0):
         nlist = max(1, min(n // 39, int(4 * np.sqrt(n))))  # faiss wants >= 39 training points per list
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
         rng = np.random.default_rng(seed)
-        index.train(vectors[rng.choice(n, min(n, 256 * nlist), replace=False)])
+        index.train(vectors[rng.choice(n, min(n, 64 * nlist), replace=False)])  # 64 points per list
         index.nprobe = min(nlist, 16)
     index.add(vectors)
     return index

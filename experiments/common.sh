@@ -1,0 +1,13 @@
+# Shared helpers of the experiment scripts (sourced). Set MODEL, PRESET and RUNS first.
+XMR=.venv/bin/xmr
+
+train() {  # run name, then any --set KEY=VALUE overrides; resumes an unfinished run, reuses a finished one
+  local name=$1; shift
+  $XMR train --model "$MODEL" --preset "$PRESET" --data flickr8k --out "$RUNS/$name" --threads "${THREADS:-2}" \
+    --quiet --resume "$@" >> "$RUNS/$name.log" 2>&1
+}
+
+evaluate() {  # run name, result json, then xmr eval options; skipped when the json exists
+  local name=$1 json=$2; shift 2
+  [ -f "$json" ] || $XMR eval "$RUNS/$name" --split test --json "$json" "$@" >> "$RUNS/$name.log" 2>&1
+}
