@@ -69,8 +69,8 @@ def main() -> None:
         hit = [len(set(a) & set(b)) / args.k for a, b in zip(results[approx_kind], results[exact_kind])]
         rows[-1]["recall_at_10_vs_exact"] = float(np.mean(hit))
         print(json.dumps(rows[-2]), json.dumps(rows[-1]), sep="\n", flush=True)
-    Path(args.out).write_text(json.dumps({"command": "python benchmarks/search_index.py " + " ".join(
-        f"--sizes {' '.join(map(str, args.sizes))}".split()), "machine": machine_info(), "results": rows}, indent=1))
+    command = "python benchmarks/search_index.py --sizes " + " ".join(map(str, args.sizes))
+    Path(args.out).write_text(json.dumps({"command": command, "machine": machine_info(), "results": rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -57,8 +57,8 @@ def cmd_features(args) -> int:
 
     spec = DatasetSpec.parse(args.data)
     root = feature_root(spec, args.extractor, Path(args.cache))
-    stats = [extract_split(open_split(spec, split), root, args.extractor, args.batch_size)
-             for split in args.splits]
+    stats = [extract_split(open_split(spec, split), root, args.extractor, args.batch_size,
+                           on_bad_input=args.on_bad_input) for split in args.splits]
     for s in stats:
         print(json.dumps(s))
     print(f"features in {root}")
@@ -73,7 +73,7 @@ def _train_config(args):
 
     return TrainConfig(model=args.model, preset=args.preset, data=args.data, extractor=args.extractor,
                        out=args.out, seed=args.seed, overrides=_overrides(args.set), cache=args.cache,
-                       progress=not args.quiet)
+                       progress=not args.quiet, on_bad_input=args.on_bad_input)
 
 
 def cmd_train(args) -> int:
@@ -90,7 +90,7 @@ def cmd_eval(args) -> int:
 
     model, vocab, meta = load_trained(args.run, args.checkpoint)
     data = pair_data(args.data or meta["data"], args.split, model.inputs, vocab, meta["max_len"],
-                     meta["extractor"], Path(args.cache))
+                     meta["extractor"], Path(args.cache), on_bad_input=args.on_bad_input)
     if args.no_exhaustive and not args.two_step:
         raise SystemExit("xmr eval: --no-exhaustive needs --two-step K")
     result = {}
@@ -134,7 +134,7 @@ def cmd_index(args) -> int:
         raise SystemExit("xmr index build: give exactly one of --data SPEC, --images DIR, --sentences FILE")
     kind, source = given[0]
     info = build_index(args.target, Collection(kind, source, args.split), args.out, args.kind, Path(args.cache),
-                       progress=not args.quiet)
+                       progress=not args.quiet, on_bad_input=args.on_bad_input)
     print(describe(args.out))
     return 0 if info else 1
 
@@ -193,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--cache", default="runs/cache", help="feature cache folder (default runs/cache)")
     common.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    common.add_argument("--on-bad-input", choices=["fail", "skip"], default="fail",
+                        help="an unreadable image: stop with a message naming it (fail), or leave it and its "
+                             "captions out and report how many (skip)")
 
     f = add("features", "Extract EfficientNet-Lite0 grid and pooled features (resumable, cached).",
             cmd_features)

@@ -43,6 +43,7 @@ class TrainConfig:
     overrides: dict[str, Any] = field(default_factory=dict)  # recipe keys or model keys
     cache: str = str(DEFAULT_CACHE)
     progress: bool = True
+    on_bad_input: str = "fail"  # unreadable images: stop ("fail") or leave them out ("skip")
 
     def resolved(self) -> tuple[dict, dict]:
         """(model kwargs, training recipe): the preset with ``overrides`` applied."""
@@ -169,7 +170,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         vocab.save(out / "vocab.json")
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
     train_data, dev_data = (pair_data(cfg.data, split, inputs, vocab, recipe["max_len"], cfg.extractor,
-                                      Path(cfg.cache), cfg.progress) for split in ("train", "dev"))
+                                      Path(cfg.cache), cfg.progress, cfg.on_bad_input)
+                            for split in ("train", "dev"))
     if recipe["dev_images"]:  # pairwise models may validate on the first N dev images only
         dev_data = dev_data.head(int(recipe["dev_images"]))
     if recipe["train_images"]:  # reduced-budget runs (e.g. ablations) train on the first N images

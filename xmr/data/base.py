@@ -5,7 +5,7 @@ evaluation, indexing) consumes only this type, so a new dataset is one new reade
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -60,6 +60,19 @@ class Split:
     @property
     def caption_image(self) -> np.ndarray:
         return np.arange(len(self.captions)) // self.captions_per_image
+
+    def without_images(self, drop: list[int]) -> "Split":
+        """This split minus the images ``drop`` (indices) and their captions; named apart from the
+        whole split (``train-minus-3``) so that caches keyed by split name do not mix them."""
+        keep = np.setdiff1d(np.arange(self.n_images), np.asarray(drop, dtype=np.int64))
+        k = self.captions_per_image
+        return replace(self, name=f"{self.name}-minus-{self.n_images - len(keep)}",
+                       image_ids=[self.image_ids[i] for i in keep],
+                       captions=[self.captions[i * k + j] for i in keep for j in range(k)],
+                       image_paths=None if self.image_paths is None else [self.image_paths[i] for i in keep],
+                       labels=None if self.labels is None else self.labels[keep],
+                       features=None if self.features is None else self.features[keep],
+                       images=None if self.images is None else (lambda i, f=self.images: f(int(keep[i]))))
 
     def load_image(self, i: int):
         """The i-th image as an RGB PIL image."""

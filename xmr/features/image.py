@@ -22,7 +22,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from xmr.data.base import Split
+from PIL import Image
+
+from xmr.data.base import DataError, Split
 from xmr.data.images import to_tensor_array
 
 FEATURE_DIM = 1280
@@ -94,15 +96,29 @@ def _write_text(path: Path, lines: list[str]) -> None:
     os.replace(tmp, path)
 
 
+def skipped_images(out: str | Path, split: str) -> list[dict]:
+    """Images left out when ``split``'s features were extracted with ``on_bad_input="skip"``."""
+    path = Path(out) / f"{split}.skipped.json"
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
 def extract_split(split: Split, out: str | Path, extractor: str = "efficientnet-lite0-224",
-                  batch_size: int = 32, progress: bool = True) -> dict:
-    """Extract (or resume, or reuse) the features of one split. Returns throughput stats."""
+                  batch_size: int = 32, progress: bool = True, on_bad_input: str = "fail") -> dict:
+    """Extract (or resume, or reuse) the features of one split. Returns throughput stats.
+
+    An unreadable image (missing, truncated, corrupt, too large) stops the extraction with a
+    DataError naming the file (``on_bad_input="fail"``), or (``"skip"``) gets zero features and is
+    listed in ``{split}.skipped.json`` with the reason, for readers to leave out.
+    """
+    if on_bad_input not in ("fail", "skip"):
+        raise ValueError(f"on_bad_input must be 'fail' or 'skip', not {on_bad_input!r}")
     spec = ExtractorSpec.parse(extractor)
     out = Path(out)
     grid_dir, pooled_dir = feature_dirs(out)
     name = split.name
     if is_complete(out, name):
-        return {"split": name, "images": split.n_images, "reused": True}
+        return {"split": name, "images": split.n_images, "reused": True,
+                "skipped": len(skipped_images(out, name))}
     for d in (grid_dir, pooled_dir):
         d.mkdir(parents=True, exist_ok=True)
     n, r = split.n_images, spec.grid * spec.grid
@@ -114,18 +130,30 @@ def extract_split(split: Split, out: str | Path, extractor: str = "efficientnet-
     grid = np.lib.format.open_memmap(grid_tmp, mode=mode, dtype=np.float16, shape=(n, r, FEATURE_DIM))
     pooled = np.lib.format.open_memmap(pooled_tmp, mode=mode, dtype=np.float16, shape=(n, FEATURE_DIM))
     start = state.get("done", 0) if resume else 0
+    skipped = state.get("skipped", []) if resume else []
 
     backbone = load_backbone(resolution=spec.resolution)
     t0, bar = time.perf_counter(), tqdm(total=n, initial=start, desc=f"features {name}", unit="img",
                                         disable=not progress)
     for s in range(start, n, batch_size):
         idx = range(s, min(n, s + batch_size))
-        regions = image_features([split.load_image(i) for i in idx], backbone, spec.resolution)
+        images, bad = [], []
+        for i in idx:
+            try:
+                images.append(split.load_image(i))
+            except DataError as e:
+                if on_bad_input == "fail":
+                    raise
+                images.append(Image.new("RGB", (spec.resolution, spec.resolution)))
+                bad.append(len(images) - 1)
+                skipped.append({"index": i, "id": split.image_ids[i], "reason": str(e)})
+        regions = image_features(images, backbone, spec.resolution)
+        regions[bad] = 0.0
         grid[s: s + len(idx)] = regions.numpy().astype(np.float16)
         pooled[s: s + len(idx)] = regions.mean(1).numpy().astype(np.float16)
         grid.flush()
         pooled.flush()
-        state = {"n": n, "extractor": extractor, "done": s + len(idx)}
+        state = {"n": n, "extractor": extractor, "done": s + len(idx), "skipped": skipped}
         state_file.write_text(json.dumps(state))
         bar.update(len(idx))
     bar.close()
@@ -135,9 +163,11 @@ def extract_split(split: Split, out: str | Path, extractor: str = "efficientnet-
         _write_text(d / f"{name}_caps.txt", split.captions)
         _write_text(d / f"{name}_ids.txt", split.image_ids)
         os.replace(tmp, d / f"{name}_ims.npy")
+    if skipped:
+        (out / f"{name}.skipped.json").write_text(json.dumps(skipped, indent=1))
     state_file.unlink(missing_ok=True)
     (out / "extractor.json").write_text(json.dumps({"extractor": extractor, "feature_dim": FEATURE_DIM,
                                                     "grid": spec.grid}))
     done = n - start
     return {"split": name, "images": done, "seconds": seconds, "images_per_s": done / max(seconds, 1e-9),
-            "reused": False}
+            "reused": False, "skipped": len(skipped)}

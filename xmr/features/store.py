@@ -8,15 +8,17 @@ pooled file is a single region.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from xmr.data import DatasetSpec, Split, open_split
+from xmr.data.base import DataError
 from xmr.data.pairs import PairData
 from xmr.data.precomputed import read_precomputed
 from xmr.data.text import Vocab
-from xmr.features.image import extract_split, feature_dirs
+from xmr.features.image import extract_split, feature_dirs, skipped_images
 from xmr.models.base import Inputs
 
 DEFAULT_CACHE = Path(os.environ.get("XMR_CACHE", "runs/cache"))
@@ -29,19 +31,33 @@ def feature_root(spec: DatasetSpec, extractor: str, cache: Path = DEFAULT_CACHE)
 
 def split_with_features(data: str | DatasetSpec, split: str, image_input: str,
                         extractor: str = "efficientnet-lite0-224", cache: Path = DEFAULT_CACHE,
-                        progress: bool = True) -> Split:
-    """The split with ``features`` set to what ``image_input`` asks for, extracting on first use."""
+                        progress: bool = True, on_bad_input: str = "fail") -> Split:
+    """The split with ``features`` set to what ``image_input`` asks for, extracting on first use.
+
+    Unreadable images stop with a DataError naming the file (``on_bad_input="fail"``) or are left
+    out with their captions, counted on stderr (``"skip"``).
+    """
     if image_input not in IMAGE_INPUTS:
         raise ValueError(f"image input must be one of {IMAGE_INPUTS}, not {image_input!r}")
     spec = DatasetSpec.parse(data) if isinstance(data, str) else data
     raw = open_split(spec, split)
     if raw.features is None:
         root = feature_root(spec, extractor, cache)
-        extract_split(raw, root, extractor, progress=progress)
+        extract_split(raw, root, extractor, progress=progress, on_bad_input=on_bad_input)
         grid_dir, pooled_dir = feature_dirs(root)
         stored = read_precomputed(grid_dir if image_input == "regions" else pooled_dir, split,
                                   raw.captions_per_image)
         raw.features = stored.features
+        skipped = skipped_images(root, split)
+        if skipped and on_bad_input == "fail":
+            first = skipped[0]
+            raise DataError(f"{len(skipped)} image(s) of split {split!r} could not be read when its features "
+                            f"were extracted, first {first['id']}: {first['reason']}; use --on-bad-input skip "
+                            "to leave them out")
+        if skipped:
+            print(f"{split}: left out {len(skipped)} unreadable image(s) and their captions "
+                  f"({root / (split + '.skipped.json')})", file=sys.stderr)
+            raw = raw.without_images([r["index"] for r in skipped])
     feats = raw.features
     if image_input == "pooled" and feats.ndim == 3:
         raw.features = np.asarray(feats, dtype=np.float32).mean(1)
@@ -52,10 +68,10 @@ def split_with_features(data: str | DatasetSpec, split: str, image_input: str,
 
 def pair_data(data: str | DatasetSpec, split: str, inputs: Inputs, vocab: Vocab, max_len: int,
               extractor: str = "efficientnet-lite0-224", cache: Path = DEFAULT_CACHE,
-              progress: bool = True) -> PairData:
+              progress: bool = True, on_bad_input: str = "fail") -> PairData:
     """Everything a model with these ``inputs`` reads from one split, ready for batching."""
     spec = DatasetSpec.parse(data) if isinstance(data, str) else data
-    s = split_with_features(spec, split, inputs.image, extractor, cache, progress)
+    s = split_with_features(spec, split, inputs.image, extractor, cache, progress, on_bad_input)
     if inputs.labels:
         from xmr.data.labels import with_labels
 
@@ -64,6 +80,6 @@ def pair_data(data: str | DatasetSpec, split: str, inputs: Inputs, vocab: Vocab,
     if "bert" in inputs.text:
         from xmr.features.text import bert_states
 
-        states, mask = bert_states(s.captions, Path(cache) / "text" / spec.key, split, progress=progress)
+        states, mask = bert_states(s.captions, Path(cache) / "text" / spec.key, s.name, progress=progress)
         extra = {"bert": states, "bert_mask": mask}
     return PairData(s, vocab, max_len, extra)

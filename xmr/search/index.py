@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,7 +90,8 @@ class Collection:
         return f"{self.source} [{self.split}]" if self.kind == "split" else self.source
 
 
-def collect(collection: Collection, model, vocab, meta: dict, work: Path, cache: Path, progress: bool):
+def collect(collection: Collection, model, vocab, meta: dict, work: Path, cache: Path, progress: bool,
+            on_bad_input: str = "fail"):
     """The collection as PairData (features and text inputs the model reads)."""
     from xmr.data.base import DataError, Split
     from xmr.data.pairs import PairData
@@ -98,7 +100,7 @@ def collect(collection: Collection, model, vocab, meta: dict, work: Path, cache:
 
     if collection.kind == "split":
         return pair_data(collection.source, collection.split, model.inputs, vocab, meta["max_len"],
-                         meta["extractor"], cache, progress)
+                         meta["extractor"], cache, progress, on_bad_input)
     if collection.kind == "images":
         folder = Path(collection.source)
         if not folder.is_dir():
@@ -107,12 +109,20 @@ def collect(collection: Collection, model, vocab, meta: dict, work: Path, cache:
         if not paths:
             raise SearchError(f"{folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         split = Split("images", [str(p.relative_to(folder)) for p in paths], [], 0, image_paths=paths)
-        from xmr.features.image import extract_split, feature_dirs
+        from xmr.features.image import extract_split, feature_dirs, skipped_images
 
-        extract_split(split, work / "extract", meta["extractor"], progress=progress)
+        try:
+            extract_split(split, work / "extract", meta["extractor"], progress=progress, on_bad_input=on_bad_input)
+        except DataError as e:
+            raise SearchError(f"{e} (--on-bad-input skip leaves unreadable images out)") from e
         grid_dir, pooled_dir = feature_dirs(work / "extract")
         regions = model.inputs.image == "regions"
         split.features = np.load((grid_dir if regions else pooled_dir) / "images_ims.npy", mmap_mode="r")
+        skipped = skipped_images(work / "extract", "images")
+        if skipped:
+            print(f"left out {len(skipped)} unreadable image(s): " + "; ".join(r["reason"] for r in skipped[:3]),
+                  file=sys.stderr)
+            split = split.without_images([r["index"] for r in skipped])
         return PairData(split, vocab, meta["max_len"])
     path = Path(collection.source)
     if not path.is_file():
@@ -153,7 +163,7 @@ def embed_all(model, data, side: str, batch_size: int = 256, progress: bool = Fa
 
 
 def build_index(run: str | Path, collection: Collection, out: str | Path, kind: str = "auto",
-                cache: Path = Path("runs/cache"), progress: bool = True) -> dict:
+                cache: Path = Path("runs/cache"), progress: bool = True, on_bad_input: str = "fail") -> dict:
     """Encode ``collection`` with the trained model in ``run`` and publish the index at ``out``."""
     import faiss
 
@@ -170,7 +180,7 @@ def build_index(run: str | Path, collection: Collection, out: str | Path, kind: 
     work.mkdir()
     try:
         t0 = time.perf_counter()
-        data = collect(collection, model, vocab, meta, work, cache, progress)
+        data = collect(collection, model, vocab, meta, work, cache, progress, on_bad_input)
         sides = {}
         if collection.kind != "sentences":
             sides["images"] = embed_all(model, data, "images", progress=progress)
