@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from xmr import checkpoint
+from xmr import checkpoint, distributed
 from xmr.data import open_split
 from xmr.data.pairs import PairData
 from xmr.data.text import Vocab, glove_vectors
@@ -148,18 +148,30 @@ def validate(model: RetrievalModel, dev: PairData, recipe: dict) -> dict:
     return evaluate(model, dev)
 
 
+def batch_loss(engine: torch.nn.Module, model: RetrievalModel, batch: dict, ctx: distributed.Context) -> dict:
+    """``model.loss`` of one global batch. Under torchrun each rank encodes its slice through the
+    DDP-wrapped ``engine`` and the parts are all-gathered with gradients (``xmr.distributed``)."""
+    if not ctx.active:
+        img, txt = engine(batch)
+        return model.loss(img, txt, batch)
+    rows = distributed.shard(len(batch["image"]), ctx)
+    img, txt = engine({k: v[rows] for k, v in batch.items() if k != "same_image"})
+    return model.loss(distributed.gather_reps(img), distributed.gather_reps(txt), batch)
+
+
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
-    """Train, validating on dev each epoch; returns the best dev result."""
+    """Train, validating on dev each epoch; returns the best dev result. Under torchrun, ranks
+    train data-parallel and rank 0 validates and writes the run folder."""
+    ctx = distributed.setup()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     resuming = resume and (out / "last.json").is_file()
-    if resume and not resuming:
+    if resume and not resuming and ctx.main:
         print(f"nothing to resume in {out} (no last checkpoint); starting a new run", flush=True)
     if resuming:  # the saved config, plus any overrides given now (e.g. more epochs)
         saved = json.loads((out / "config.json").read_text())
         cfg = TrainConfig(**{**saved, "progress": cfg.progress,
                              "overrides": {**saved["overrides"], **cfg.overrides}})
-        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
     model_kw, recipe = cfg.resolved()
     inputs = get_entry(cfg.model).cls.inputs_for(**model_kw)
     if resuming:
@@ -167,11 +179,21 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     else:
         # The vocabulary comes from the training split only.
         vocab = Vocab.build(open_split(cfg.data, "train").captions, recipe["min_word_count"])
-        vocab.save(out / "vocab.json")
+    distributed.barrier(ctx)  # every rank has read the old config and vocabulary
+    if ctx.main:
+        if not resuming:
+            vocab.save(out / "vocab.json")
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
-    train_data, dev_data = (pair_data(cfg.data, split, inputs, vocab, recipe["max_len"], cfg.extractor,
-                                      Path(cfg.cache), cfg.progress, cfg.on_bad_input)
-                            for split in ("train", "dev"))
+
+    def load(split: str) -> PairData:
+        return pair_data(cfg.data, split, inputs, vocab, recipe["max_len"], cfg.extractor, Path(cfg.cache),
+                         cfg.progress and ctx.main, cfg.on_bad_input)
+
+    if not ctx.main:  # rank 0 extracts features into the cache first; the others then read them
+        distributed.barrier(ctx)
+    train_data, dev_data = load("train"), load("dev")
+    if ctx.main:
+        distributed.barrier(ctx)
     if recipe["dev_images"]:  # pairwise models may validate on the first N dev images only
         dev_data = dev_data.head(int(recipe["dev_images"]))
     if recipe["train_images"]:  # reduced-budget runs (e.g. ablations) train on the first N images
@@ -180,6 +202,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     # the global RNG, and a run's weights must not depend on whether the cache was warm.
     seed_everything(cfg.seed)
     model, model_kwargs = build(cfg, vocab, train_data, word_vectors=not resuming)
+    # static_graph: a parameter used in encoding but not in a variant's loss (e.g. JGCAR's
+    # co-attention when beta = 1) gets no gradient, identically on every rank.
+    engine = torch.nn.parallel.DistributedDataParallel(model, static_graph=True) if ctx.active else model
     optimizers = build_optimizers(model, recipe)
     meta_base = {"model": cfg.model, "model_kwargs": model_kwargs,
                  "image_input": inputs.image, "extractor": cfg.extractor, "data": cfg.data,
@@ -191,12 +216,15 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         start, best = meta["epoch"] + 1, meta["best"]
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][:start]
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    print(f"{cfg.model}/{cfg.preset}: {n_params / 1e6:.2f}M parameters, {train_data.n_captions} training "
+    if ctx.main:
+        print(f"{cfg.model}/{cfg.preset}: {n_params / 1e6:.2f}M parameters, {train_data.n_captions} training "
           f"pairs, vocab {len(vocab)}, epochs {start}..{recipe['epochs'] - 1}", flush=True)
 
     for epoch in range(start, recipe["epochs"]):
-        if recipe["early_stop"] and epoch - 1 - best.get("epoch", epoch) >= int(recipe["early_stop"]):
-            print(f"early stop: no dev improvement in the last {recipe['early_stop']} epochs", flush=True)
+        stale = bool(recipe["early_stop"]) and epoch - 1 - best.get("epoch", epoch) >= int(recipe["early_stop"])
+        if distributed.stop_flag(stale, ctx):
+            if ctx.main:
+                print(f"early stop: no dev improvement in the last {recipe['early_stop']} epochs", flush=True)
             break
         lr = set_lr(optimizers, recipe, epoch)
         model.on_epoch_start(epoch)
@@ -204,9 +232,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         rng = np.random.default_rng([cfg.seed, epoch])
         losses, parts_sum, t0 = [], {}, time.perf_counter()
         bar = tqdm(train_data.train_batches(recipe["batch_size"], rng), total=train_data.n_train_batches(
-            recipe["batch_size"]), desc=f"epoch {epoch + 1}/{recipe['epochs']}", disable=not cfg.progress)
+            recipe["batch_size"]), desc=f"epoch {epoch + 1}/{recipe['epochs']}",
+            disable=not (cfg.progress and ctx.main))
         for batch in bar:
-            parts = model.loss(model.encode_images(batch), model.encode_texts(batch), batch)
+            parts = batch_loss(engine, model, batch, ctx)
             for opt in optimizers:
                 opt.zero_grad(set_to_none=True)
             parts["loss"].backward()
@@ -220,21 +249,25 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                     parts_sum[key] = parts_sum.get(key, 0.0) + float(value)
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
         train_seconds = time.perf_counter() - t0
-        dev = validate(model, dev_data, recipe)
-        row = {"epoch": epoch, "lr": lr, "train_loss": float(np.mean(losses)), "train_seconds": train_seconds,
-               "samples_per_s": len(losses) * recipe["batch_size"] / train_seconds,
-               **{f"train_{k}": v / len(losses) for k, v in parts_sum.items()},
-               "dev_rsum": dev["rsum"], "dev_i2t_r1": dev["i2t"]["r1"], "dev_t2i_r1": dev["t2i"]["r1"]}
-        rows.append(row)
-        print(f"epoch {epoch + 1}: loss {row['train_loss']:.4f}  dev rsum {dev['rsum']:.1f}  "
-              f"i2t R@1 {dev['i2t']['r1']:.1f}  t2i R@1 {dev['t2i']['r1']:.1f}  ({train_seconds:.0f}s)", flush=True)
-        if dev["rsum"] > best["rsum"]:
-            best = {k: v for k, v in dev.items() if k != "ranks"} | {"epoch": epoch}
-            checkpoint.save(out / "best", model, {**meta_base, "epoch": epoch, "dev": best})
-        checkpoint.save(out / "last", model, {**meta_base, "epoch": epoch, "best": best}, optimizers)
-        (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        plot_curve(rows, out / "curve.png")
-    print(f"best dev epoch {best.get('epoch', -1) + 1}:\n{format_table(best)}" if "i2t" in best else "", flush=True)
+        if ctx.main:
+            dev = validate(model, dev_data, recipe)
+            row = {"epoch": epoch, "lr": lr, "train_loss": float(np.mean(losses)), "train_seconds": train_seconds,
+                   "samples_per_s": len(losses) * recipe["batch_size"] / train_seconds,
+                   **{f"train_{k}": v / len(losses) for k, v in parts_sum.items()},
+                   "dev_rsum": dev["rsum"], "dev_i2t_r1": dev["i2t"]["r1"], "dev_t2i_r1": dev["t2i"]["r1"]}
+            rows.append(row)
+            print(f"epoch {epoch + 1}: loss {row['train_loss']:.4f}  dev rsum {dev['rsum']:.1f}  "
+                  f"i2t R@1 {dev['i2t']['r1']:.1f}  t2i R@1 {dev['t2i']['r1']:.1f}  ({train_seconds:.0f}s)",
+                  flush=True)
+            if dev["rsum"] > best["rsum"]:
+                best = {k: v for k, v in dev.items() if k != "ranks"} | {"epoch": epoch}
+                checkpoint.save(out / "best", model, {**meta_base, "epoch": epoch, "dev": best})
+            checkpoint.save(out / "last", model, {**meta_base, "epoch": epoch, "best": best}, optimizers)
+            (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+            plot_curve(rows, out / "curve.png")
+        distributed.barrier(ctx)
+    if ctx.main and "i2t" in best:
+        print(f"best dev epoch {best.get('epoch', -1) + 1}:\n{format_table(best)}", flush=True)
     return best
 
 

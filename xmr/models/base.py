@@ -50,6 +50,10 @@ class RetrievalModel(nn.Module):
         """
         return cls.inputs
 
+    def forward(self, batch: dict) -> tuple[Reps, Reps]:
+        """Both sides' parts of a batch of pairs: the call that DDP wraps in distributed training."""
+        return self.encode_images(batch), self.encode_texts(batch)
+
     def encode_images(self, batch: dict) -> Reps:
         raise NotImplementedError
 

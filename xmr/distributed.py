@@ -1,0 +1,101 @@
+"""Data-parallel training on PyTorch DDP (gloo on CPU, NCCL on GPU), launched by torchrun.
+
+    torchrun --nproc_per_node=2 -m xmr train --model vsepp --preset cpu --data flickr8k --out runs/x
+    # several machines: torchrun --nnodes=2 --node_rank=0|1 --rdzv_backend=c10d \\
+    #     --rdzv_endpoint=HOST:29500 --nproc_per_node=N -m xmr train ...
+
+Every rank builds the same global batch (the batch order depends only on the seed and epoch),
+encodes its own contiguous slice of it through the DDP-wrapped model, and all-gathers the per-item
+parts *with gradients*, as large contrastive trainers do; the in-batch loss (hardest negatives,
+JGCAR's triplets and bi-rank sets) is then computed over the whole global batch on every rank.
+Gradients flow back through the gather (a sum over ranks) and DDP averages them, which gives each
+parameter exactly the gradient of the single-process loss on the global batch
+(``tests/test_distributed.py``). The loss itself is replicated, so pairwise models gain speed
+only in their encoders. Validation and checkpoints run on rank 0; the other ranks wait.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from xmr.models.base import Reps
+
+
+@dataclass(frozen=True)
+class Context:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+
+def setup() -> Context:
+    """Join the process group torchrun describes in the environment; a plain run is rank 0 of 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Context()
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    return Context(dist.get_rank(), dist.get_world_size())
+
+
+def shard(n: int, ctx: Context) -> slice:
+    """This rank's contiguous rows of a global batch of ``n`` (which must split evenly)."""
+    if n % ctx.world:
+        raise ValueError(f"batch size {n} does not split over {ctx.world} processes")
+    size = n // ctx.world
+    return slice(ctx.rank * size, (ctx.rank + 1) * size)
+
+
+def _pad_to(t: torch.Tensor, shape: list[int]) -> torch.Tensor:
+    """Zero-pad (False for masks) dims 1.. of ``t`` up to ``shape`` (per-rank text widths differ)."""
+    pad = []
+    for have, want in zip(reversed(t.shape[1:]), reversed(shape[1:])):
+        pad += [0, want - have]
+    return torch.nn.functional.pad(t, pad) if any(pad) else t
+
+
+def gather(t: torch.Tensor) -> torch.Tensor:
+    """Concatenate every rank's ``t`` along dim 0, keeping gradients for floating tensors."""
+    from torch.distributed.nn.functional import all_gather
+
+    shape = torch.tensor(t.shape, dtype=torch.long)
+    dist.all_reduce(shape, op=dist.ReduceOp.MAX)
+    t = _pad_to(t, shape.tolist())
+    if t.is_floating_point():
+        with warnings.catch_warnings():  # its suggested successor has no autograd on gloo yet
+            warnings.simplefilter("ignore", FutureWarning)
+            return torch.cat(all_gather(t.contiguous()))
+    carrier = t.to(torch.uint8) if t.dtype == torch.bool else t  # gloo has no bool collectives
+    parts = [torch.empty_like(carrier) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, carrier.contiguous())
+    return torch.cat(parts).to(t.dtype)
+
+
+def gather_reps(reps: Reps) -> Reps:
+    return {k: gather(v) for k, v in reps.items()}
+
+
+def stop_flag(stop: bool, ctx: Context) -> bool:
+    """Rank 0's decision (e.g. early stopping), shared with every rank."""
+    if not ctx.active:
+        return stop
+    flag = torch.tensor([int(stop)])
+    dist.broadcast(flag, 0)
+    return bool(flag.item())
+
+
+def barrier(ctx: Context) -> None:
+    if ctx.active:
+        dist.barrier()
