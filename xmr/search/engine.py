@@ -60,6 +60,15 @@ class Searcher:
         self.shortlist = shortlist
         self.image_of = {image_id: i for i, image_id in enumerate(self.items["image_ids"])}
 
+    def warm_up(self) -> None:
+        """Load what queries need (text encoder, CNN, stored features) now, not in a first request."""
+        if "bert" in self.model.inputs.text:
+            _ = self._bert
+        _ = self._backbone
+        if "images" in self.indexes:
+            _ = self.image_features
+            self.search_text("a photo", k=1)
+
     # ------------------------------------------------------------------ inputs
     @cached_property
     def image_features(self) -> np.ndarray:

@@ -98,4 +98,6 @@ def create_app(searcher: Searcher) -> FastAPI:
 def serve(index: str | Path, host: str = "127.0.0.1", port: int = 8000) -> None:
     import uvicorn
 
-    uvicorn.run(create_app(Searcher(index)), host=host, port=port, log_level="info")
+    searcher = Searcher(index)
+    searcher.warm_up()
+    uvicorn.run(create_app(searcher), host=host, port=port, log_level="info")
