@@ -1,7 +1,8 @@
 """Training and scoring throughput of each model preset on Flickr8k features, this machine.
 
 Training: forward + backward + Adam step on ``--batches`` real training batches (after one warm-up
-batch), reported as samples/s and, for pairwise models, scored pairs/s (B x B per batch).
+batch), reported as samples/s and, for pairwise models, in-batch pairs/s (B x B per batch: MMCA
+scores all of them, JGCAR's bi-rank loss B (1 + 2 M') of them).
 Scoring: ``model.similarity`` of ``--images`` test images against all 5,000 test captions in the
 model's own ``score_block`` chunks, reported as pairs/s. Writes results/model-throughput.json.
     .venv/bin/python benchmarks/model_throughput.py --models vsepp:cpu-bert mmca:cpu mmca:cpu,d=64

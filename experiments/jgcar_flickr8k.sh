@@ -20,7 +20,7 @@ $XMR features flickr8k >/dev/null
 
 if [ "$STAGE" = main ] || [ "$STAGE" = all ]; then
   train joint
-  evaluate joint "$OUT/test.json" --two-step 10 20 50 100 200 500 --plot "$OUT/k_curve.png"
+  evaluate joint "$OUT/test.json" --two-step 10 20 50 100 200 --plot "$OUT/k_curve.png"
   cp "$RUNS/joint/metrics.jsonl" "$RUNS/joint/curve.png" "$RUNS/joint/config.json" "$OUT/"
   .venv/bin/python experiments/jgcar_attention.py "$RUNS/joint" "$OUT/attention.png"
 fi
