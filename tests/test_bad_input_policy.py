@@ -57,3 +57,13 @@ def test_index_of_a_folder_with_a_corrupt_photo(vsepp_index, tmp_path, feature_c
     info = build_index(run, Collection("images", str(folder)), tmp_path / "b", cache=feature_cache,
                        progress=False, on_bad_input="skip")
     assert info["counts"] == {"images": 2}
+
+
+def test_huge_image_is_refused_naming_the_file_or_skipped(make_flickr8k, tmp_path, monkeypatch):
+    from xmr.data import images
+
+    monkeypatch.setattr(images, "MAX_PIXELS", 200)  # the 16 x 16 test images are "huge" now
+    split = open_split(f"flickr8k:{make_flickr8k()}", "test")
+    with pytest.raises(DataError, match=r"3001_f.jpg: image is 16x16, over 200 pixels"):
+        extract_split(split, tmp_path / "a", progress=False)
+    assert extract_split(split, tmp_path / "b", progress=False, on_bad_input="skip")["skipped"] == 1

@@ -1,12 +1,14 @@
 """One training loop for every model: data -> batches -> ``model.loss`` -> optimiser.
 
 Each epoch ends with a dev evaluation (rsum); the best checkpoint is kept, the last one is kept
-for ``--resume``, and ``metrics.jsonl`` plus ``curve.png`` record the run. Batch order depends only
-on ``(seed, epoch)`` and the torch RNG is checkpointed, so a resumed run continues exactly.
+for ``--resume`` (also every ``checkpoint_every`` steps inside an epoch), and ``metrics.jsonl``
+plus ``curve.png`` record the run. Batch order depends only on ``(seed, epoch)`` and the torch
+RNG is checkpointed, so a resumed run continues exactly, from the middle of an epoch too.
 """
 from __future__ import annotations
 
 import inspect
+import itertools
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -29,7 +31,7 @@ from xmr.models.base import RetrievalModel
 RECIPE_DEFAULTS = dict(epochs=10, batch_size=128, lr=2e-4, optimizer="adam", momentum=0.9,
                        weight_decay=0.0, lr_decay_epochs=[], lr_decay=0.1, grad_clip=2.0,
                        max_len=50, min_word_count=1, word_vectors="glove", dev_images=None,
-                       train_images=None, early_stop=None, dev_rerank_k=None)
+                       train_images=None, early_stop=None, dev_rerank_k=None, checkpoint_every=200)
 
 
 @dataclass
@@ -198,6 +200,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         dev_data = dev_data.head(int(recipe["dev_images"]))
     if recipe["train_images"]:  # reduced-budget runs (e.g. ablations) train on the first N images
         train_data = train_data.head(int(recipe["train_images"]))
+    if train_data.n_train_batches(int(recipe["batch_size"])) == 0:
+        raise ValueError(f"batch size {recipe['batch_size']} is larger than the {train_data.n_captions} "
+                         "training pairs; lower --set batch_size")
     # Seeded after the data: extracting features on a cold cache builds the CNN, which draws from
     # the global RNG, and a run's weights must not depend on whether the cache was warm.
     seed_everything(cfg.seed)
@@ -210,11 +215,14 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                  "image_input": inputs.image, "extractor": cfg.extractor, "data": cfg.data,
                  "max_len": recipe["max_len"]}
 
-    start, best, rows = 0, {"rsum": -1.0}, []
+    start, best, rows, partial = 0, {"rsum": -1.0}, [], None
     if resuming:
         meta = checkpoint.load(out / "last", model, optimizers)
-        start, best = meta["epoch"] + 1, meta["best"]
-        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][:start]
+        best = meta["best"]
+        partial = meta.get("partial")  # a checkpoint from the middle of an epoch
+        start = meta["epoch"] + (0 if partial else 1)
+        metrics = out / "metrics.jsonl"
+        rows = [json.loads(line) for line in metrics.read_text().splitlines()][:start] if metrics.is_file() else []
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if ctx.main:
         print(f"{cfg.model}/{cfg.preset}: {n_params / 1e6:.2f}M parameters, {train_data.n_captions} training "
@@ -230,11 +238,18 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         model.on_epoch_start(epoch)
         model.train()
         rng = np.random.default_rng([cfg.seed, epoch])
-        losses, parts_sum, t0 = [], {}, time.perf_counter()
-        bar = tqdm(train_data.train_batches(recipe["batch_size"], rng), total=train_data.n_train_batches(
-            recipe["batch_size"]), desc=f"epoch {epoch + 1}/{recipe['epochs']}",
-            disable=not (cfg.progress and ctx.main))
-        for batch in bar:
+        # Resuming mid-epoch: skip the batches already trained on (the order is the same) and
+        # carry on the epoch's sums.
+        done, loss_sum, parts_sum, seconds = 0, 0.0, {}, 0.0
+        if partial and epoch == start:
+            done, loss_sum, parts_sum, seconds = (partial["step"], partial["loss_sum"], partial["parts_sum"],
+                                                  partial["seconds"])
+        n_batches = train_data.n_train_batches(recipe["batch_size"])
+        batches = itertools.islice(train_data.train_batches(recipe["batch_size"], rng), done, None)
+        t0 = time.perf_counter() - seconds
+        bar = tqdm(batches, total=n_batches, initial=done, desc=f"epoch {epoch + 1}/{recipe['epochs']}",
+                   disable=not (cfg.progress and ctx.main))
+        for step, batch in enumerate(bar, done + 1):
             parts = batch_loss(engine, model, batch, ctx)
             for opt in optimizers:
                 opt.zero_grad(set_to_none=True)
@@ -243,17 +258,23 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), recipe["grad_clip"])
             for opt in optimizers:
                 opt.step()
-            losses.append(parts["loss"].item())
+            loss_sum += parts["loss"].item()
             for key, value in parts.items():  # a model's loss terms, logged per epoch
                 if key != "loss":
                     parts_sum[key] = parts_sum.get(key, 0.0) + float(value)
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            bar.set_postfix(loss=f"{parts['loss'].item():.3f}")
+            every = recipe["checkpoint_every"]
+            if ctx.main and every and step % int(every) == 0 and step < n_batches:
+                state = {"step": step, "loss_sum": loss_sum, "parts_sum": parts_sum,
+                         "seconds": time.perf_counter() - t0}
+                checkpoint.save(out / "last", model, {**meta_base, "epoch": epoch, "best": best, "partial": state},
+                                optimizers)
         train_seconds = time.perf_counter() - t0
         if ctx.main:
             dev = validate(model, dev_data, recipe)
-            row = {"epoch": epoch, "lr": lr, "train_loss": float(np.mean(losses)), "train_seconds": train_seconds,
-                   "samples_per_s": len(losses) * recipe["batch_size"] / train_seconds,
-                   **{f"train_{k}": v / len(losses) for k, v in parts_sum.items()},
+            row = {"epoch": epoch, "lr": lr, "train_loss": loss_sum / n_batches, "train_seconds": train_seconds,
+                   "samples_per_s": n_batches * recipe["batch_size"] / train_seconds,
+                   **{f"train_{k}": v / n_batches for k, v in parts_sum.items()},
                    "dev_rsum": dev["rsum"], "dev_i2t_r1": dev["i2t"]["r1"], "dev_t2i_r1": dev["t2i"]["r1"]}
             rows.append(row)
             print(f"epoch {epoch + 1}: loss {row['train_loss']:.4f}  dev rsum {dev['rsum']:.1f}  "

@@ -5,7 +5,7 @@ Endpoints (all answers JSON unless noted; errors are 4xx with ``{"detail": messa
 - ``GET  /api/health``                       model, collection and counts
 - ``GET  /api/search?q=...&k=10``             images for a sentence (k in 1..100, q <= 300 chars)
 - ``POST /api/search/image`` (form: file, k)  sentences for an uploaded image (JPEG/PNG/WebP/GIF/BMP,
-                                              at most 10 MB and 40 megapixels)
+                                              at most 10 MB and 64 megapixels)
 - ``GET  /api/items/{image_id}?k=5``          an image's own captions and the index's best sentences
 - ``GET  /api/attention/{image_id}?q=...``    the model's attention grid for a sentence (404 if none)
 - ``GET  /images/{image_id}``                 the image (PNG), only from the index's own collection
