@@ -8,8 +8,8 @@ import torch
 
 from test_mmca import batch, small_model
 from xmr.eval.evaluate import ranks
-from xmr.eval.metrics import ranks_from_scores
-from xmr.eval.two_step import gt_ranks, two_step_evaluate
+from xmr.eval.metrics import gt_ranks, ranks_from_scores
+from xmr.eval.two_step import two_step_evaluate
 
 N_IMG, PER_IMAGE = 6, 3
 

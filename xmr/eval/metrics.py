@@ -16,13 +16,16 @@ import torch
 RECALL_KS = (1, 5, 10)
 
 
+def gt_ranks(scores: torch.Tensor, is_gt: torch.Tensor) -> torch.Tensor:
+    """0-based rank of each row's best ground truth: how many non-ground-truth items score >= it."""
+    best = scores.masked_fill(~is_gt, float("-inf")).amax(1, keepdim=True)
+    return ((scores >= best) & ~is_gt).sum(1)
+
+
 def i2t_ranks(scores: torch.Tensor, caption_image: torch.Tensor, image_offset: int = 0) -> torch.Tensor:
     """Ranks (Ni,) of images ``image_offset + arange(Ni)`` given their scores (Ni, Nt) to all captions."""
-    ni = scores.size(0)
-    image_ids = torch.arange(image_offset, image_offset + ni, device=scores.device)
-    is_gt = caption_image.view(1, -1) == image_ids.view(-1, 1)  # (Ni, Nt)
-    best_gt = scores.masked_fill(~is_gt, float("-inf")).max(1, keepdim=True).values
-    return ((scores >= best_gt) & ~is_gt).sum(1)
+    image_ids = torch.arange(image_offset, image_offset + scores.size(0), device=scores.device)
+    return gt_ranks(scores, caption_image.view(1, -1) == image_ids.view(-1, 1))
 
 
 def t2i_counts(scores: torch.Tensor, gt_scores: torch.Tensor, caption_image: torch.Tensor,

@@ -22,14 +22,8 @@ from tqdm import tqdm
 
 from xmr.data.pairs import PairData
 from xmr.eval.evaluate import encode, take
-from xmr.eval.metrics import recall_summary, summarize
+from xmr.eval.metrics import gt_ranks, recall_summary, summarize
 from xmr.models.base import Reps, RetrievalModel
-
-
-def gt_ranks(scores: torch.Tensor, is_gt: torch.Tensor) -> torch.Tensor:
-    """0-based rank of each row's best ground truth: how many non-ground-truth items score >= it."""
-    best = scores.masked_fill(~is_gt, float("-inf")).amax(1, keepdim=True)
-    return ((scores >= best) & ~is_gt).sum(1)
 
 
 @torch.no_grad()
@@ -72,8 +66,8 @@ def rerank_direction(model: RetrievalModel, queries: Reps, items: Reps, q_emb: t
 
 @torch.no_grad()
 def two_step_evaluate(model: RetrievalModel, img: Reps, txt: Reps, caption_image: np.ndarray, k: int,
-                   first_stage: tuple[torch.Tensor, torch.Tensor] | None = None,
-                   pair_budget: int = 4096, progress: bool = False) -> dict:
+                      first_stage: tuple[torch.Tensor, torch.Tensor] | None = None,
+                      pair_budget: int = 4096, progress: bool = False) -> dict:
     """R@K etc. of two-step retrieval over a split, both directions, with the first stage's own
     results, the ranks (``ranks``, ``first_stage.ranks``) and the time of each stage.
 

@@ -141,16 +141,12 @@ class Searcher:
         keep = idx[0] >= 0
         first, idx = first[0][keep], idx[0][keep]
         scores = first
-        if self.model.pairwise and len(idx):
-            cand = candidate_batch(idx)
+        if self.model.pairwise and len(idx):  # re-rank the shortlist with the pair score
+            query = {key: v.expand(len(idx), *v.shape[1:]) for key, v in query_reps.items()}
             if side == "images":
-                cand_reps = self.model.encode_images(cand)
-                q = {key: v.expand(len(idx), *v.shape[1:]) for key, v in query_reps.items()}
-                scores = self.model.pair_similarity(cand_reps, q).numpy()
+                scores = self.model.pair_similarity(self.model.encode_images(candidate_batch(idx)), query).numpy()
             else:
-                cand_reps = self.model.encode_texts(cand)
-                q = {key: v.expand(len(idx), *v.shape[1:]) for key, v in query_reps.items()}
-                scores = self.model.pair_similarity(q, cand_reps).numpy()
+                scores = self.model.pair_similarity(query, self.model.encode_texts(candidate_batch(idx))).numpy()
         order = np.argsort(-scores, kind="stable")[:k]
         hits = []
         for rank, o in enumerate(order, 1):
