@@ -13,6 +13,8 @@ EXAMPLES = """examples:
   xmr train --model vsepp --preset cpu --data flickr8k --out runs/vsepp-f8k
   xmr eval runs/vsepp-f8k --split test --json results/vsepp-f8k-test.json
   xmr eval runs/mmca-f8k --two-step 20 100 --first-stage runs/vsepp-f8k   # shortlist, then re-rank
+  xmr cmmn train --data synthetic-scenes --out runs/cmmn-scenes        # label-based: CMMN, any modalities
+  xmr cmmn eval runs/cmmn-scenes --json results/cmmn-scenes.json       # mAP, mAP@500, P@n, real and binary
   xmr index build runs/vsepp-f8k --data flickr8k --split test --out runs/f8k-index
   xmr search runs/f8k-index "a dog runs on the beach"      # or: --image photo.jpg
   xmr serve runs/f8k-index                                 # API + search page on 127.0.0.1:8000
@@ -123,6 +125,29 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_cmmn(args) -> int:
+    from xmr.train_labelled import (LabelledConfig, evaluate_labelled, format_labelled, load_labelled_run,
+                                    open_labelled, train_labelled)
+
+    if args.action == "train":
+        cfg = LabelledConfig(data=args.data, preset=args.preset, out=args.run, seed=args.seed,
+                             overrides=_overrides(args.set), cache=args.cache, extractor=args.extractor,
+                             progress=not args.quiet)
+        train_labelled(cfg, resume=args.resume)
+        args.checkpoint = "best"
+    model, meta = load_labelled_run(args.run, args.checkpoint)
+    config = json.loads((Path(args.run) / "config.json").read_text())
+    data = open_labelled(config["data"], Path(args.cache), config["extractor"], not args.quiet, config["seed"])
+    result = evaluate_labelled(model, data, args.split, map_at=args.map_at)
+    print(f"{args.split}, {model.bits}-bit codes, database = training split of the target modality")
+    print(format_labelled(result))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"run": str(args.run), "checkpoint": args.checkpoint,
+                                               "data": config["data"], "epoch": meta.get("epoch"), **result}, indent=1))
+    return 0
+
+
 def cmd_index(args) -> int:
     from xmr.search.index import Collection, build_index, describe
 
@@ -146,9 +171,9 @@ def cmd_search(args) -> int:
     if args.image:
         from xmr.data.images import load_rgb
 
-        hits = searcher.search_image(load_rgb(args.image), args.k)
+        hits = searcher.search_image(load_rgb(args.image), args.k, args.binary)
     else:
-        hits = searcher.search_text(args.query or "", args.k)
+        hits = searcher.search_text(args.query or "", args.k, args.binary)
     if args.json:
         print(json.dumps([h.as_dict() for h in hits], indent=1))
         return 0
@@ -238,6 +263,25 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-exhaustive", action="store_true", help="skip exhaustive scoring (with --two-step)")
     e.add_argument("--plot", help="with --two-step: write the R@1 / time vs K figure here")
 
+    c = add("cmmn", "CMMN on labelled multi-modal features: train (pre-networks, memory, joint) and/or "
+            "evaluate (mAP over every query -> target modality pair).", cmd_cmmn)
+    c._add_container_actions(common)
+    c.add_argument("action", choices=["train", "eval"])
+    c.add_argument("run", help="run folder")
+    c.add_argument("--data", default="synthetic-scenes",
+                   help="train: synthetic-scenes[,noise=2,multilabel=true,...] | flickr8k | FILE.npz | FILE.mat")
+    c.add_argument("--preset", default="cpu", help=f"cmmn presets: {', '.join(get_entry('cmmn').presets)}")
+    c.add_argument("--extractor", default="efficientnet-lite0-224", help="image features for flickr8k")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a preset value, e.g. --set bits=32 --set memory_per_class=5")
+    c.add_argument("--resume", action="store_true", help="continue from the last finished stage or epoch")
+    c.add_argument("--split", default="test", help="eval: the query split")
+    c.add_argument("--map-at", type=int, default=500, help="also report mAP over the top N (mAP@N)")
+    c.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    c.add_argument("--json", help="write the evaluation here")
+    c.add_argument("--quiet", action="store_true")
+
     ix = add("index", "Build a search index over a collection with a trained model, or describe one.", cmd_index)
     ix._add_container_actions(common)
     ix.add_argument("action", choices=["build", "info"])
@@ -259,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("-k", type=int, default=10)
     se.add_argument("--shortlist", type=int, default=100, help="first-stage candidates a pairwise model re-ranks")
     se.add_argument("--json", action="store_true")
+    se.add_argument("--binary", action="store_true", help="Hamming search on hash codes (CMMN indexes)")
 
     sv = add("serve", "Serve an index: HTTP API and a search page.", cmd_serve)
     sv._add_container_actions(common)

@@ -12,6 +12,8 @@ Training, evaluation, two-step re-ranking and search talk to models only through
 - ``loss(img, txt, batch) -> dict``: the training objective on a batch of matching pairs
   (row k of ``img`` matches row k of ``txt``), ``"loss"`` plus anything worth logging.
 
+``metric`` is how the first-stage vectors compare: ``"ip"`` (inner product, higher is closer) or
+``"l2"`` (Euclidean distance, CMMN and Revisiting); the search index follows it.
 ``score_block`` bounds how many (images, captions) one ``similarity`` call scores in evaluation.
 ``inputs`` says what a batch must carry: image ``pooled`` (N, D) or ``regions`` (N, R, D)
 features, and text ``tokens`` (ids from the training-split vocabulary).
@@ -39,6 +41,7 @@ class RetrievalModel(nn.Module):
     name: ClassVar[str] = ""
     inputs: ClassVar[Inputs] = Inputs()
     pairwise: ClassVar[bool] = False
+    metric: ClassVar[str] = "ip"  # "ip" | "l2": how embed() vectors are compared
     # (images, captions) scored per similarity() call in evaluation; pairwise models use smaller blocks.
     score_block: ClassVar[tuple[int, int]] = (256, 8192)
 
@@ -73,6 +76,10 @@ class RetrievalModel(nn.Module):
 
     def embed(self, reps: Reps) -> torch.Tensor | None:
         return reps.get("emb")
+
+    def hash_codes(self, emb: torch.Tensor) -> torch.Tensor | None:
+        """0/1 codes (N, bits) of ``embed`` vectors for Hamming search (CMMN); None if the model has none."""
+        return None
 
     def loss(self, img: Reps, txt: Reps, batch: dict) -> dict[str, torch.Tensor]:
         raise NotImplementedError

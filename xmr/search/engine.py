@@ -1,7 +1,9 @@
 """Query an index: text -> images and image -> text, with a pairwise model's re-ranking.
 
-The first stage asks faiss for the top ``shortlist`` items by inner product of ``model.embed``
-vectors; a pairwise model (MMCA, JGCAR, ACMM) then re-scores them with ``pair_similarity`` on the
+The first stage asks faiss for the top ``shortlist`` items by the model's metric on ``model.embed``
+vectors (inner product; Euclidean for CMMN, reported as the negative squared distance), or with
+``binary=True`` by Hamming distance on hash codes (reported as the negative bit count); a
+pairwise model (MMCA, JGCAR, ACMM) then re-scores them with ``pair_similarity`` on the
 query's and candidates' parts (``xmr.eval.two_step`` does the same for evaluation). Queries are
 validated here, so the CLI and the HTTP API give the same clear errors.
 """
@@ -57,6 +59,8 @@ class Searcher:
                               f"{self.run_meta['model']!r}")
         self.items = json.loads((self.path / "items.json").read_text())
         self.indexes = {side: faiss.read_index(str(self.path / f"{side}.faiss")) for side in self.meta["counts"]}
+        self.binary_indexes = {side: faiss.read_index_binary(str(self.path / f"{side}.bin.faiss"))
+                               for side in self.meta["counts"] if (self.path / f"{side}.bin.faiss").is_file()}
         self.shortlist = shortlist
         self.image_of = {image_id: i for i, image_id in enumerate(self.items["image_ids"])}
 
@@ -134,10 +138,19 @@ class Searcher:
 
     # ------------------------------------------------------------------ search
     @torch.no_grad()
-    def _search(self, query_reps: dict, side: str, k: int, candidate_batch) -> list[Hit]:
-        vec = self.model.embed(query_reps).float().numpy()
+    def _search(self, query_reps: dict, side: str, k: int, candidate_batch, binary: bool = False) -> list[Hit]:
+        emb = self.model.embed(query_reps).float()
         depth = min(self.indexes[side].ntotal, max(k, self.shortlist if self.model.pairwise else k))
-        first, idx = self.indexes[side].search(np.ascontiguousarray(vec, dtype=np.float32), depth)
+        if binary:
+            if side not in self.binary_indexes:
+                raise SearchError(f"this index has no hash codes (model {self.meta['model']!r}); search without binary")
+            code = np.packbits(self.model.hash_codes(emb).numpy().astype(np.uint8), axis=1)
+            first, idx = self.binary_indexes[side].search(code, depth)
+            first = -first.astype(np.float32)
+        else:
+            first, idx = self.indexes[side].search(np.ascontiguousarray(emb.numpy(), dtype=np.float32), depth)
+            if self.meta.get("metric", "ip") == "l2":  # faiss gives squared distances: higher score = closer
+                first = -first
         keep = idx[0] >= 0
         first, idx = first[0][keep], idx[0][keep]
         scores = first
@@ -161,16 +174,16 @@ class Searcher:
             hits.append(hit)
         return hits
 
-    def search_text(self, query: str, k: int = 10) -> list[Hit]:
-        """Images for a sentence."""
+    def search_text(self, query: str, k: int = 10, binary: bool = False) -> list[Hit]:
+        """Images for a sentence (``binary``: by Hamming distance of hash codes)."""
         query, k = self.check_query(query), self.check_k(k)
         self.need("images")
         self.model.eval()
         with torch.no_grad():
             reps = self.model.encode_texts(self.text_batch([query]))
-        return self._search(reps, "images", k, self.image_batch_stored)
+        return self._search(reps, "images", k, self.image_batch_stored, binary)
 
-    def search_image(self, image, k: int = 10) -> list[Hit]:
+    def search_image(self, image, k: int = 10, binary: bool = False) -> list[Hit]:
         """Sentences for a PIL image."""
         k = self.check_k(k)
         self.need("captions")
@@ -178,7 +191,7 @@ class Searcher:
         with torch.no_grad():
             reps = self.model.encode_images(self.image_batch_from_pil(image))
         captions = self.items["captions"]
-        return self._search(reps, "captions", k, lambda idx: self.text_batch([captions[i] for i in idx], idx))
+        return self._search(reps, "captions", k, lambda idx: self.text_batch([captions[i] for i in idx], idx), binary)
 
     def sentences_for_item(self, image_id: str, k: int = 5) -> list[Hit]:
         """Best sentences in the index for one of its own images (stored features)."""

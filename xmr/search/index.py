@@ -6,9 +6,11 @@ sentences (one per line). The index folder holds:
 - ``meta.json``: format version, the model run and a hash of its checkpoint (an index is only
   served with the checkpoint it was built with), the extractor, the collection and the faiss
   index kinds;
-- ``images.faiss`` / ``captions.faiss``: the first-stage vectors (``model.embed``) under inner
-  product: exact (``flat``) for small collections, HNSW or IVF for large ones (``auto`` picks by
-  size; ``--kind`` overrides);
+- ``images.faiss`` / ``captions.faiss``: the first-stage vectors (``model.embed``) under the
+  model's metric (inner product, or Euclidean for CMMN): exact (``flat``) for small collections,
+  HNSW or IVF for large ones (``auto`` picks by size; ``--kind`` overrides);
+- ``images.bin.faiss`` / ``captions.bin.faiss``: for models with hash codes (CMMN), the codes in a
+  faiss binary index (exact Hamming search);
 - ``items.json``: image ids, image paths, captions, which image each caption belongs to;
 - ``image_features.npy`` and (pairwise models) ``text_<name>.npy``: the model's raw inputs, so a
   pairwise model can re-rank the first stage's candidates and an indexed image can be a query.
@@ -57,24 +59,40 @@ def choose_kind(n: int, kind: str = "auto") -> str:
     return "flat" if n < EXACT_LIMIT else ("hnsw" if n < IVF_FROM else "ivf")
 
 
-def make_faiss(vectors: np.ndarray, kind: str, seed: int = 0):
-    """A faiss inner-product index over ``vectors`` (float32, (n, d)) of the given kind."""
+def make_faiss(vectors: np.ndarray, kind: str, seed: int = 0, metric: str = "ip"):
+    """A faiss index over ``vectors`` (float32, (n, d)) of the given kind, by inner product
+    (``metric="ip"``) or squared Euclidean distance (``"l2"``)."""
     import faiss
 
+    if metric not in ("ip", "l2"):
+        raise SearchError(f"metric must be ip or l2, not {metric!r}")
     n, d = vectors.shape
+    faiss_metric = faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2
     if kind == "flat":
-        index = faiss.IndexFlatIP(d)
+        index = faiss.IndexFlat(d, faiss_metric)
     elif kind == "hnsw":
-        index = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
+        index = faiss.IndexHNSWFlat(d, 32, faiss_metric)
         index.hnsw.efConstruction = 80
         index.hnsw.efSearch = 128
     else:
         nlist = max(1, min(n // 39, int(4 * np.sqrt(n))))  # faiss wants >= 39 training points per list
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        index = faiss.IndexIVFFlat(faiss.IndexFlat(d, faiss_metric), d, nlist, faiss_metric)
         rng = np.random.default_rng(seed)
         index.train(vectors[rng.choice(n, min(n, 64 * nlist), replace=False)])  # 64 points per list
         index.nprobe = min(nlist, 16)
     index.add(vectors)
+    return index
+
+
+def make_binary(codes: np.ndarray):
+    """A faiss binary index (exact Hamming) over 0/1 codes (n, bits), bits a multiple of 8."""
+    import faiss
+
+    bits = codes.shape[1]
+    if bits % 8:
+        raise SearchError(f"faiss binary indexes need a code length that is a multiple of 8, not {bits}")
+    index = faiss.IndexBinaryFlat(bits)
+    index.add(np.packbits(codes.astype(np.uint8), axis=1))
     return index
 
 
@@ -186,10 +204,14 @@ def build_index(run: str | Path, collection: Collection, out: str | Path, kind: 
             sides["images"] = embed_all(model, data, "images", progress=progress)
         if data.n_captions:
             sides["captions"] = embed_all(model, data, "captions", progress=progress)
-        kinds = {}
+        kinds, bits = {}, None
         for side, vectors in sides.items():
             kinds[side] = choose_kind(len(vectors), kind)
-            faiss.write_index(make_faiss(vectors, kinds[side]), str(work / f"{side}.faiss"))
+            faiss.write_index(make_faiss(vectors, kinds[side], metric=model.metric), str(work / f"{side}.faiss"))
+            codes = model.hash_codes(torch.from_numpy(vectors))
+            if codes is not None:
+                bits = int(codes.shape[1])
+                faiss.write_index_binary(make_binary(codes.numpy()), str(work / f"{side}.bin.faiss"))
         # The model's raw inputs: a pairwise model re-ranks candidates from them, and an indexed
         # image is re-encoded from them as a query (the page's "best sentences" for an image).
         if "images" in sides:
@@ -210,6 +232,7 @@ def build_index(run: str | Path, collection: Collection, out: str | Path, kind: 
                 "collection": {"kind": collection.kind, "source": collection.source, "split": collection.split},
                 "counts": {side: len(v) for side, v in sides.items()},
                 "dim": int(next(iter(sides.values())).shape[1]), "index_kinds": kinds,
+                "metric": model.metric, "binary_bits": bits,
                 "build_seconds": time.perf_counter() - t0, "created": time.strftime("%Y-%m-%d %H:%M:%S")}
         (work / "meta.json").write_text(json.dumps(info, indent=1))
         shutil.rmtree(work / "extract", ignore_errors=True)
@@ -258,6 +281,9 @@ def describe(path: str | Path) -> str:
              f"collection  {coll['kind']}: {coll['source']}" + (f" [{coll['split']}]" if coll["kind"] == "split" else ""),
              f"features    {meta['extractor']} ({meta['image_input']})"]
     for side, n in meta["counts"].items():
-        lines.append(f"{side:11s} {n} vectors, {meta['dim']}-d, faiss {meta['index_kinds'][side]}")
+        metric = {"ip": "inner product", "l2": "Euclidean"}[meta.get("metric", "ip")]
+        lines.append(f"{side:11s} {n} vectors, {meta['dim']}-d, faiss {meta['index_kinds'][side]} ({metric})")
+        if meta.get("binary_bits"):
+            lines.append(f"{'':11s} {n} {meta['binary_bits']}-bit hash codes, faiss binary flat (Hamming)")
     lines.append(f"built       {meta['created']} in {meta['build_seconds']:.1f}s")
     return "\n".join(lines)

@@ -3,8 +3,9 @@
 Endpoints (all answers JSON unless noted; errors are 4xx with ``{"detail": message}``):
 
 - ``GET  /api/health``                       model, collection and counts
-- ``GET  /api/search?q=...&k=10``             images for a sentence (k in 1..100, q <= 300 chars)
-- ``POST /api/search/image`` (form: file, k)  sentences for an uploaded image (JPEG/PNG/WebP/GIF/BMP,
+- ``GET  /api/search?q=...&k=10``             images for a sentence (k in 1..100, q <= 300 chars;
+                                              ``binary=true``: Hamming search on hash codes, CMMN)
+- ``POST /api/search/image`` (form: file, k, binary)  sentences for an uploaded image (JPEG/PNG/WebP/GIF/BMP,
                                               at most 10 MB and 64 megapixels)
 - ``GET  /api/items/{image_id}?k=5``          an image's own captions and the index's best sentences
 - ``GET  /api/attention/{image_id}?q=...``    the model's attention grid for a sentence (404 if none)
@@ -44,15 +45,17 @@ def create_app(searcher: Searcher) -> FastAPI:
         m = searcher.meta
         return {"status": "ok", "model": m["model"], "pairwise": m["pairwise"], "collection": m["collection"],
                 "counts": m["counts"], "attention": hasattr(searcher.model, "attention_maps"),
+                "metric": m.get("metric", "ip"), "binary_bits": m.get("binary_bits"),
                 "limits": {"k": [1, MAX_K], "query_chars": MAX_QUERY_CHARS, "upload_bytes": MAX_UPLOAD_BYTES}}
 
     @app.get("/api/search")
-    def search(q: str = Query("", description="the sentence"), k: int = Query(10)) -> dict:
-        hits = guard(searcher.search_text, q, k)
-        return {"query": q, "k": k, "results": [h.as_dict() for h in hits]}
+    def search(q: str = Query("", description="the sentence"), k: int = Query(10),
+               binary: bool = Query(False, description="Hamming search on hash codes")) -> dict:
+        hits = guard(searcher.search_text, q, k, binary)
+        return {"query": q, "k": k, "binary": binary, "results": [h.as_dict() for h in hits]}
 
     @app.post("/api/search/image")
-    async def search_image(file: UploadFile = File(...), k: int = Form(10)) -> dict:
+    async def search_image(file: UploadFile = File(...), k: int = Form(10), binary: bool = Form(False)) -> dict:
         data = await file.read(MAX_UPLOAD_BYTES + 1)
         if len(data) > MAX_UPLOAD_BYTES:
             raise HTTPException(413, f"upload is over {MAX_UPLOAD_BYTES // (1024 * 1024)} MB")
@@ -65,8 +68,8 @@ def create_app(searcher: Searcher) -> FastAPI:
                 image = im.convert("RGB")
         except (UnidentifiedImageError, OSError) as e:
             raise HTTPException(415, f"{file.filename or 'upload'} is not a readable image ({e.__class__.__name__})") from e
-        hits = guard(searcher.search_image, image, k)
-        return {"k": k, "results": [h.as_dict() for h in hits]}
+        hits = guard(searcher.search_image, image, k, binary)
+        return {"k": k, "binary": binary, "results": [h.as_dict() for h in hits]}
 
     @app.get("/api/items/{image_id:path}")
     def item(image_id: str, k: int = Query(5)) -> dict:
