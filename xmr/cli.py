@@ -95,10 +95,19 @@ def cmd_eval(args) -> int:
                      meta["extractor"], Path(args.cache), on_bad_input=args.on_bad_input)
     if args.no_exhaustive and not args.two_step:
         raise SystemExit("xmr eval: --no-exhaustive needs --two-step K")
+    if args.kshot and (args.no_exhaustive or args.folds != 1):
+        raise SystemExit("xmr eval: --kshot needs the exhaustive evaluation of the whole split (--folds 1)")
     result = {}
     if not args.no_exhaustive:
         result = evaluate(model, data, folds=args.folds, progress=True)
         print(format_table(result))
+    if args.kshot:  # word frequencies from the training split of the data the run was trained on
+        from xmr.data import open_split
+        from xmr.eval.kshot import format_kshot, kshot_evaluate
+
+        result["kshot"] = kshot_evaluate(model, data, open_split(meta["data"], "train").captions,
+                                         args.kshot, result)
+        print(format_kshot(result["kshot"]))
     if args.two_step:
         from xmr.eval.two_step import first_stage_embeddings, k_curve, plot_k_curve
 
@@ -262,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "stage (default: the model's own embedding)")
     e.add_argument("--no-exhaustive", action="store_true", help="skip exhaustive scoring (with --two-step)")
     e.add_argument("--plot", help="with --two-step: write the R@1 / time vs K figure here")
+    e.add_argument("--kshot", type=int, nargs="+", metavar="K",
+                   help="also report ACMM's k-shot subsets (e.g. --kshot 0 1 5): test pairs whose sentence has a "
+                        "content word seen <= K times in training; sizes and recalls (xmr.eval.kshot)")
 
     c = add("cmmn", "CMMN on labelled multi-modal features: train (pre-networks, memory, joint) and/or "
             "evaluate (mAP over every query -> target modality pair).", cmd_cmmn)

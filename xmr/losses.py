@@ -26,3 +26,70 @@ def triplet_ranking_loss(scores: torch.Tensor, margin: float = 0.2, max_violatio
     if max_violation:
         return cost_c.max(1)[0].sum() + cost_i.max(0)[0].sum()
     return cost_c.sum() + cost_i.sum()
+
+
+class CenterLoss(torch.nn.Module):
+    """Center loss (Wen et al., ECCV 2016), the supervision signal of Revisiting (Sec. 3.3, Eq. 1).
+
+    ``L_C = 1/2 * mean_i ||x_i - c_{y_i}||^2`` over the batch, i.e. Eq. 1 (a sum over the m
+    samples) divided by m. Mean, as Wen et al.'s own Caffe layer does (it divides by the batch
+    size): the weight lambda then does not depend on the batch size, which changes with the input
+    configuration (Revisiting's config-standard feeds 1 image + 5 texts per class, config 2
+    2 + 10). The gradient reaches ``x`` only: ``dL_C/dx_i = (x_i - c_{y_i}) / m``.
+
+    The centres are a buffer (``num_classes, dim``, zero at the start), not parameters: they move
+    by Wen et al.'s rule (their Eq. 4 and Algorithm 1), applied by ``update_centers(x, y)``:
+    ``c_j <- c_j - alpha * dc_j``, ``dc_j = sum_i [y_i = j] (c_j - x_i) / (1 + sum_i [y_i = j])``;
+    classes absent from the batch stay put. ``forward`` never changes the centres (evaluating the
+    loss twice, or in eval mode, is harmless); call ``update_centers`` once per training step with
+    the same features, after computing the loss::
+
+        loss = F.cross_entropy(classifier(x), y) + lam * center(x, y)   # L = L_S + lambda L_C
+        loss.backward(); opt.step(); center.update_centers(x, y)
+
+    The softmax term L_S is the model's own ``nn.Linear(dim, num_classes)`` + cross-entropy on
+    the same features (Wen et al. use lambda = 0.003, alpha = 0.5). In Revisiting the class of a
+    sample is its image: an image and its encoded captions share the id of that image within the
+    training split, so ``num_classes`` is the number of training images (6000 for Flickr8k,
+    about 29k for Flickr30k).
+    The update is vectorised over the batch (``index_add_`` over the classes present), with no
+    Python loop over samples or classes. Under DDP, gather ``x`` and ``y`` from all ranks before
+    ``update_centers`` so that every rank moves its centres alike.
+    """
+
+    def __init__(self, num_classes: int, dim: int, alpha: float = 0.5):
+        super().__init__()
+        if num_classes < 1 or dim < 1:
+            raise ValueError("num_classes and dim must be >= 1")
+        if not 0 < alpha <= 1:
+            raise ValueError("alpha must be in (0, 1]")
+        self.num_classes, self.dim, self.alpha = num_classes, dim, alpha
+        self.register_buffer("centers", torch.zeros(num_classes, dim))
+
+    def _check(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        if x.dim() != 2 or x.size(1) != self.dim or y.shape != (x.size(0),):
+            raise ValueError(f"expected x (B, {self.dim}) and y (B,), got {tuple(x.shape)} and {tuple(y.shape)}")
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
+            raise ValueError(f"class ids must lie in [0, {self.num_classes})")
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``1/2 mean_i ||x_i - c_{y_i}||^2`` (a scalar; 0 for an empty batch)."""
+        self._check(x, y)
+        if x.size(0) == 0:
+            return x.sum() * 0
+        diff = x - self.centers[y].to(x.dtype)
+        return 0.5 * diff.pow(2).sum(1).mean()
+
+    @torch.no_grad()
+    def update_centers(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """One step of Wen et al.'s centre update with the batch's features ``x`` and classes ``y``."""
+        self._check(x, y)
+        if x.size(0) == 0:
+            return
+        classes, inverse = torch.unique(y, return_inverse=True)
+        x = x.detach().to(self.centers.dtype)
+        sums = torch.zeros(len(classes), self.dim, dtype=x.dtype, device=x.device).index_add_(0, inverse, x)
+        counts = torch.bincount(inverse, minlength=len(classes)).to(x.dtype).unsqueeze(1)
+        c = self.centers[classes]
+        delta = (counts * c - sums) / (1 + counts)
+        self.centers[classes] = c - self.alpha * delta
