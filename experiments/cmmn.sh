@@ -31,6 +31,9 @@ if [ "$STAGE" = flickr8k ] || [ "$STAGE" = all ]; then
     run "f8k-b$bits" flickr8k "$OUT/flickr8k-b$bits.json" --set bits=$bits
   done
   cp "$RUNS/f8k-b64/curve.png" "$OUT/flickr8k-b64-curve.png"
+  # The pair protocol (R@K over the 1K x 5K test split) on CMMN's h, for the comparison report.
+  [ -f "$OUT/flickr8k-b64-recall.json" ] || $XMR eval "$RUNS/f8k-b64" --split test --json "$OUT/flickr8k-b64-recall.json" \
+    >> "$RUNS/f8k-b64.log" 2>&1
 fi
 if [ "$STAGE" = curves ] || [ "$STAGE" = all ]; then
   for k in 0 1 5 10 20 50 100; do

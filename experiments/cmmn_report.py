@@ -86,6 +86,7 @@ def main(runs: Path, out: Path) -> None:
                 f"{100 * v[k][m]:.1f}" for k in ("real", "binary") for m in ("mAP", "mAP@500", "P@10")) + " |")
         lines.append("")
     ks = [(k, r) for k in KS if (r := load(runs / f"scenes-k{k}.json"))]
+    (out / "ablation-k.json").write_text(json.dumps({str(k): r["mean_mAP"] for k, r in ks}, indent=1))
     if ks:
         curve([k for k, _ in ks], [r for _, r in ks], "memory size k (per class and modality)", out / "k_curve.png",
               "CMMN: effect of memory size (Fig. 4a)", False)
@@ -94,6 +95,7 @@ def main(runs: Path, out: Path) -> None:
                   "| real mAP | " + " | ".join(f"{100 * r['mean_mAP']['real']:.1f}" for _, r in ks) + " |",
                   "| binary mAP | " + " | ".join(f"{100 * r['mean_mAP']['binary']:.1f}" for _, r in ks) + " |", ""]
     lams = [(lam, r) for lam in LAMBDAS if (r := load(runs / f"scenes-lambda{lam}.json"))]
+    (out / "ablation-lambda.json").write_text(json.dumps({lam: r["mean_mAP"] for lam, r in lams}, indent=1))
     if lams:
         curve([lam for lam, _ in lams], [r for _, r in lams], "Jacobian weight λ", out / "lambda_curve.png",
               "CMMN: effect of the Jacobian penalty (Fig. 4b)", True)

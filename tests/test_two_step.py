@@ -82,3 +82,13 @@ def test_other_models_first_stage(encoded):
     first = ranks_from_scores(im_emb @ tx_emb.T, cap_img)
     np.testing.assert_array_equal(out["first_stage"]["ranks"]["i2t"], first[0])
     assert out["k"] == 3 and out["seconds"]["rerank"] > 0
+
+
+def test_euclidean_first_stage_becomes_an_exact_inner_product():
+    from xmr.eval.two_step import inner_product_form
+
+    g = torch.Generator().manual_seed(0)
+    im, tx = torch.randn(6, 4, generator=g, dtype=torch.float64), torch.randn(9, 4, generator=g, dtype=torch.float64)
+    a, b = inner_product_form(im, tx, "l2")
+    torch.testing.assert_close(a @ b.T, -torch.cdist(im, tx).pow(2) / 2)
+    assert inner_product_form(im, tx, "ip")[0] is im

@@ -5,7 +5,8 @@ co-attentive score; the same scheme serves every pairwise model (ACMM, MMCA, JGC
 model's own cheap part (``embed``) or any trained embedding model (e.g. VSE++) as the first stage.
 
 The final list is the K candidates ordered by the pairwise score, then every other item in
-first-stage order. So a query whose ground truth is shortlisted gets its rank among the candidates
+first-stage order (a first stage with Euclidean embeddings, ``metric = "l2"``, is turned into an
+exactly equivalent inner product by ``inner_product_form``). So a query whose ground truth is shortlisted gets its rank among the candidates
 by the pairwise score, and one whose ground truth is not keeps its first-stage rank (which is >= K).
 With K = all items the ranks equal exhaustive pairwise scoring. Ties follow the pessimistic rule of
 ``xmr.eval.metrics``. Everything runs in query blocks: a block's first-stage scores against the
@@ -64,6 +65,18 @@ def rerank_direction(model: RetrievalModel, queries: Reps, items: Reps, q_emb: t
             "seconds": {"first_stage": t_first, "rerank": t_rerank}}
 
 
+def inner_product_form(im_emb: torch.Tensor, tx_emb: torch.Tensor, metric: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """First-stage vectors whose dot product ranks as the model's metric. For ``"l2"``:
+    ``[a, -|a|²/2, 1] · [b, 1, -|b|²/2] = a·b - |a|²/2 - |b|²/2 = -|a - b|²/2``, in both directions."""
+    if metric == "ip":
+        return im_emb, tx_emb
+    if metric != "l2":
+        raise ValueError(f"unknown metric {metric!r}")
+    ones_i, ones_t = im_emb.new_ones(len(im_emb), 1), tx_emb.new_ones(len(tx_emb), 1)
+    return (torch.cat([im_emb, -im_emb.pow(2).sum(1, keepdim=True) / 2, ones_i], 1),
+            torch.cat([tx_emb, ones_t, -tx_emb.pow(2).sum(1, keepdim=True) / 2], 1))
+
+
 @torch.no_grad()
 def two_step_evaluate(model: RetrievalModel, img: Reps, txt: Reps, caption_image: np.ndarray, k: int,
                       first_stage: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -78,6 +91,8 @@ def two_step_evaluate(model: RetrievalModel, img: Reps, txt: Reps, caption_image
     im_emb, tx_emb = first_stage if first_stage is not None else (model.embed(img), model.embed(txt))
     if im_emb is None or tx_emb is None:
         raise ValueError(f"model {model.name!r} has no embedding for a first stage; pass first_stage")
+    if first_stage is None:
+        im_emb, tx_emb = inner_product_form(im_emb, tx_emb, model.metric)
     cap_img = torch.as_tensor(caption_image, dtype=torch.long)
     i2t = rerank_direction(model, img, txt, im_emb, tx_emb, lambda q: cap_img[None, :] == q[:, None],
                            k, True, pair_budget, progress)
@@ -125,7 +140,7 @@ def first_stage_embeddings(run: str | Path, data: str, split: str, cache: Path,
     im_emb, tx_emb = model.embed(img), model.embed(txt)
     if im_emb is None or tx_emb is None:
         raise ValueError(f"{run}: model {meta['model']!r} has no embedding to serve as a first stage")
-    return im_emb, tx_emb
+    return inner_product_form(im_emb, tx_emb, model.metric)
 
 
 def plot_k_curve(rows: list[dict], exhaustive: dict | None, path: Path, title: str = "") -> None:
