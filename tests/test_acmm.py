@@ -1,0 +1,390 @@
+"""ACMM (Huang & Wang, ICCV 2019): content addressing and the memory update, persistence of the
+memory across training steps and its freezing in evaluation, padding, the batched B x B score
+against a per-pair loop written from the paper's equations, the Table 1 ablations, the fast
+update against the strictly sequential one, the ACMM* ensemble and checkpoints."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from xmr import checkpoint
+from xmr.models import create_model, get_preset
+from xmr.models.acmm import (ACMM, Heads, address, ensemble_similarity, fast_update, oneplus,
+                             strict_sequential_update, write)
+
+VOCAB, IMAGE_DIM, REGIONS, MAX_LEN = 40, 20, 6, 10
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These tensors are tiny: a second thread only adds synchronisation (and contention with
+    anything else on the machine). Restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def small_model(seed: int = 0, **kw) -> ACMM:
+    torch.manual_seed(seed)
+    args = dict(vocab_size=VOCAB, image_dim=IMAGE_DIM, max_len=MAX_LEN, word_dim=16, hidden=24,
+                mem_items=8, mem_width=12)
+    return create_model("acmm", **{**args, **kw})
+
+
+def batch(n: int, lengths: list[int], seed: int = 1, width: int | None = None) -> dict:
+    """n images with REGIONS regions, len(lengths) sentences; padding ids are 0."""
+    g = torch.Generator().manual_seed(seed)
+    width = width or max(lengths)
+    tokens = torch.randint(1, VOCAB, (len(lengths), width), generator=g)
+    lengths_t = torch.tensor(lengths)
+    tokens[torch.arange(width)[None] >= lengths_t[:, None]] = 0
+    return {"image": torch.randn(n, REGIONS, IMAGE_DIM, generator=g), "tokens": tokens, "lengths": lengths_t}
+
+
+def encode(model: ACMM, b: dict):
+    return model.encode_images(b), model.encode_texts(b)
+
+
+def random_heads(p: int, t: int, n_mem: int, width: int, scale: float = 1.0, seed: int = 0,
+                 mask: torch.Tensor | None = None) -> Heads:
+    g = torch.Generator().manual_seed(seed)
+    return Heads(key=torch.randn(p, t, width, generator=g),
+                 strength=oneplus(2 * torch.randn(p, t, generator=g)),
+                 erase=scale * torch.rand(p, t, width, generator=g),
+                 add=scale * torch.randn(p, t, width, generator=g),
+                 mask=torch.ones(p, t, dtype=torch.bool) if mask is None else mask)
+
+
+# --------------------------------------------------------------------------- addressing and update
+
+
+def test_addressing_sums_to_one_and_sharpens_on_the_most_similar_item():
+    g = torch.Generator().manual_seed(0)
+    memory = torch.randn(7, 5, generator=g)
+    keys = torch.randn(4, 5, generator=g)
+    cos = F.normalize(keys, dim=-1) @ F.normalize(memory, dim=-1).T
+    best = cos.argmax(-1)
+    previous = torch.zeros(4)
+    for strength in (1.0, 3.0, 10.0, 30.0, 300.0, 3000.0):
+        w = address(keys, memory, torch.full((4,), strength))
+        assert w.shape == (4, 7) and (w >= 0).all()
+        torch.testing.assert_close(w.sum(-1), torch.ones(4), rtol=0, atol=1e-6)
+        assert torch.equal(w.argmax(-1), best)  # softmax of beta cos: the order is cos's
+        on_best = w.gather(1, best[:, None]).squeeze(1)
+        # More strength, more weight on the most similar item (strictly, until it saturates at 1).
+        assert ((on_best > previous) | (on_best == 1)).all()
+        previous = on_best
+    assert (previous > 0.999).all()
+    # Scaling a key or an item does not move the weights: the similarity is a cosine.
+    torch.testing.assert_close(address(3 * keys, memory * (torch.rand(7, 1, generator=g) + 0.1), torch.full((4,), 5.0)),
+                               address(keys, memory, torch.full((4,), 5.0)), rtol=0, atol=1e-6)
+
+
+def test_full_erase_clears_an_item_and_leaves_exactly_the_write_vector():
+    g = torch.Generator().manual_seed(0)
+    memory = torch.randn(5, 4, generator=g)
+    one_hot = torch.zeros(1, 5)
+    one_hot[0, 2] = 1.0
+    ones, u = torch.ones(1, 4), torch.randn(1, 4, generator=g)
+    cleared = write(memory, one_hot, ones, torch.zeros(1, 4))
+    assert torch.equal(cleared[2], torch.zeros(4))
+    assert torch.equal(cleared[[0, 1, 3, 4]], memory[[0, 1, 3, 4]])
+    assert torch.equal(write(memory, one_hot, ones, u)[2], u[0])
+    # Through addressing: a key pointing at item 2 with a large strength gives it weight 1.
+    heads = Heads(key=memory[2].view(1, 1, 4) * 2, strength=torch.full((1, 1), 1e4), erase=ones.view(1, 1, 4),
+                  add=u.view(1, 1, 4), mask=torch.ones(1, 1, dtype=torch.bool))
+    none = Heads(heads.key[:, :0], heads.strength[:, :0], heads.erase[:, :0], heads.add[:, :0], heads.mask[:, :0])
+    for update in (fast_update, strict_sequential_update):
+        after = update(memory[None], heads, none)[0]
+        torch.testing.assert_close(after[2], u[0], rtol=0, atol=1e-6)
+        torch.testing.assert_close(after[[0, 1, 3, 4]], memory[[0, 1, 3, 4]], rtol=0, atol=1e-6)
+
+
+def test_fast_update_is_exact_for_one_pair_and_second_order_otherwise():
+    n_mem, width, steps = 6, 5, 4
+    memory = torch.randn(1, n_mem, width, generator=torch.Generator().manual_seed(3))
+    # One pair (a word at every position, the last one padding): every step holds one write.
+    mask = torch.tensor([[True, True, True, False]])
+    region = random_heads(1, steps, n_mem, width, seed=1, mask=mask)
+    word = random_heads(1, steps, n_mem, width, seed=2, mask=mask)
+    torch.testing.assert_close(fast_update(memory, region, word), strict_sequential_update(memory, region, word),
+                               rtol=0, atol=1e-6)
+    # Two banks (w/o shared): region writes only reach bank 0, word writes only bank 1.
+    two = torch.cat([memory, memory + 1])
+    fast2 = fast_update(two, region, word)
+    torch.testing.assert_close(fast2, strict_sequential_update(two, region, word), rtol=0, atol=1e-6)
+    torch.testing.assert_close(fast2[0], fast_update(memory, region, random_heads(1, 0, n_mem, width))[0],
+                               rtol=0, atol=1e-6)
+
+    # Three pairs of different lengths: erase and write vectors scaled by eps; the update is O(eps)
+    # and the difference from the strictly sequential one O(eps^2).
+    mask = torch.tensor([[True, True, True, True], [True, True, False, False], [True, True, True, False]])
+    gaps, sizes = [], []
+    for eps in (0.1, 0.01):
+        region = random_heads(3, steps, n_mem, width, eps, seed=4, mask=mask)
+        word = random_heads(3, steps, n_mem, width, eps, seed=5, mask=mask)
+        fast, strict = fast_update(memory, region, word), strict_sequential_update(memory, region, word)
+        sizes.append(float((strict - memory).norm()))
+        gaps.append(float((fast - strict).norm()))
+    assert gaps[0] > 0  # not exact with several pairs
+    assert 5 < sizes[0] / sizes[1] < 20  # first order: ~10x smaller
+    assert gaps[0] / gaps[1] > 50  # second order: ~100x smaller
+    assert gaps[1] < 0.01 * sizes[1]
+
+
+# --------------------------------------------------------------------------- per-pair reference
+
+
+def reference_read(model: ACMM, layer, x: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    """r = sum_i w_i M_i, w = softmax_i(beta^r cos(k^r, M_i)) with {k^r, beta^r} = t(x) (Sec. 3.2-3.3)."""
+    w = model.mem_width
+    k_r, b_r, _ = layer(x).split([w, 1, 3 * w + 1], dim=-1)
+    cos = (k_r / k_r.norm(dim=-1, keepdim=True)) @ (bank / bank.norm(dim=-1, keepdim=True)).T
+    return torch.softmax(oneplus(b_r) * cos, dim=-1) @ bank
+
+
+@torch.no_grad()
+def reference_scores(model: ACMM, b: dict, lam: float | None = None) -> torch.Tensor:
+    """Eq. 1 for each pair on its own, straight from the paper: the sentence cut to its length,
+    G = softmax over regions of (P s_j)^T (Q a_i), V = G A W, reads from t^V(v_j) and t^S(s_j)."""
+    lam = model.lam if lam is None else lam
+    lengths = b["lengths"].tolist()
+    out = torch.empty(len(b["image"]), len(lengths))
+    memory = model.memory if model.use_memory else None
+    for i in range(len(b["image"])):
+        a = model.encode_images({"image": b["image"][i: i + 1]})["regions"][0]  # (I, H)
+        for k, n in enumerate(lengths):
+            s = model.encode_texts({"tokens": b["tokens"][k: k + 1, :n], "lengths": torch.tensor([n])})["words"][0, :n]
+            align = mem = None
+            if model.use_alignment:
+                g = torch.softmax(model.align_p(s) @ model.align_q(a).T, dim=1)  # (J, I)
+                v = g @ model.align_w(a)
+                align = F.cosine_similarity(v, s, dim=-1).mean()
+            if memory is not None:
+                if model.use_alignment:
+                    r_v = reference_read(model, model.iface_v, v, memory[0])
+                    r_s = reference_read(model, model.iface_s, s, memory[-1])
+                    mem = F.cosine_similarity(r_v, r_s, dim=-1).mean()
+                else:
+                    r_v = reference_read(model, model.iface_v, a, memory[0]).mean(0)
+                    r_s = reference_read(model, model.iface_s, s, memory[-1]).mean(0)
+                    mem = F.cosine_similarity(r_v, r_s, dim=0)
+            out[i, k] = align if mem is None else mem if align is None else mem + lam * align
+    return out
+
+
+ABLATIONS = {  # Table 1 rows
+    "align (w/o relation)": dict(use_memory=False, relation=False),
+    "align": dict(use_memory=False),
+    "mem (w/o shared)": dict(use_alignment=False, shared_memory=False),
+    "mem": dict(use_alignment=False),
+    "align + mem (w/o shared)": dict(shared_memory=False),
+    "align + mem": dict(),
+    "align + mem (w/o relation)": dict(relation=False),
+}
+
+
+@pytest.mark.parametrize("row", list(ABLATIONS))
+def test_batched_similarity_matches_per_pair_reference(row):
+    model = small_model(**ABLATIONS[row]).eval()
+    b = batch(4, [3, 8, 1, 5, 6], seed=5)
+    expected = reference_scores(model, b)
+    img, txt = encode(model, b)
+    results = []
+    with torch.no_grad():
+        for chunk in (1, 7, 4096):
+            model.cell_chunk = chunk
+            results.append(model.similarity(img, txt))
+        diag = model.pair_similarity({k: v[[0, 1, 2, 3]] for k, v in img.items()},
+                                     {k: v[[0, 1, 2, 3]] for k, v in txt.items()})
+        part = model.similarity({k: v[1:3] for k, v in img.items()}, {k: v[2:5] for k, v in txt.items()})
+    for r in results:
+        torch.testing.assert_close(r, expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(diag, results[-1].diagonal()[:4], rtol=0, atol=1e-6)
+    torch.testing.assert_close(part, results[-1][1:3, 2:5], rtol=0, atol=1e-6)
+    assert results[-1].std() > 1e-4  # not a constant
+
+
+@pytest.mark.parametrize("row", list(ABLATIONS))
+def test_every_ablation_trains(row):
+    model = small_model(**ABLATIONS[row]).train()
+    b = batch(5, [4, 7, 2, 5, 3], seed=2)
+    b["same_image"] = torch.zeros(5, 5, dtype=torch.bool)
+    out = model.loss(*encode(model, b), b)
+    assert torch.isfinite(out["loss"]) and out["loss"] > 0
+    out["loss"].backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+    if model.use_memory:
+        assert out["memory_change"] > 0
+    else:
+        assert not hasattr(model, "memory")
+
+
+def test_no_alignment_and_no_memory_is_refused():
+    with pytest.raises(ValueError, match="both are off"):
+        small_model(use_alignment=False, use_memory=False)
+
+
+# --------------------------------------------------------------------------- memory state
+
+
+def test_memory_persists_across_steps_and_is_frozen_in_evaluation():
+    model = small_model().train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    b1, b2 = batch(4, [3, 5, 2, 4], seed=1), batch(4, [6, 2, 4, 3], seed=2)
+    m0 = model.memory.clone()
+    model.loss(*encode(model, b1), b1)["loss"].backward()
+    opt.step()
+    m1 = model.memory.clone()
+    assert (m1 - m0).abs().max() > 1e-3  # step 1 wrote
+    assert not m1.requires_grad  # stored detached
+
+    # Step 2 starts from step 1's state (not a wiped or re-initialised memory).
+    opt.zero_grad()
+    img, txt = encode(model, b2)
+    with torch.no_grad():
+        expected = fast_update(m1, *model.write_heads(img, txt))
+    model.loss(img, txt, b2)["loss"].backward()
+    torch.testing.assert_close(model.memory, expected, rtol=0, atol=1e-6)
+    m2 = model.memory.clone()
+
+    # Evaluation reads it frozen: eval mode, no_grad in training mode, similarity, a loss without grad.
+    model.eval()
+    s_eval = model.similarity(*encode(model, b1))
+    model.loss(*encode(model, b1), b1)
+    model.train()
+    with torch.no_grad():
+        s_nograd = model.similarity(*encode(model, b1))
+        model.loss(*encode(model, b1), b1)
+    model.similarity(*encode(model, b1))
+    model.write_weights(*encode(model, b1))
+    assert torch.equal(model.memory, m2)
+    torch.testing.assert_close(s_eval, s_nograd, rtol=0, atol=1e-6)
+
+
+def test_write_heads_get_gradients_only_when_reading_after_the_write():
+    w = 12
+    for read_after_write in (True, False):
+        model = small_model(read_after_write=read_after_write).train()
+        b = batch(4, [3, 5, 2, 4], seed=1)
+        model.loss(*encode(model, b), b)["loss"].backward()
+        for layer in (model.iface_v, model.iface_s):
+            read_rows, write_rows = layer.weight.grad[: w + 1], layer.weight.grad[w + 1:]
+            assert read_rows.abs().sum() > 0
+            assert (write_rows.abs().sum() > 0) == read_after_write
+
+
+def test_padding_is_masked_out():
+    model = small_model().eval()
+    b = batch(4, [4, 7, 2, 5], seed=3)
+    with torch.no_grad():
+        s = model.similarity(*encode(model, b))
+        heads = model.write_heads(*encode(model, b))
+        # Junk ids at the padding positions, and two more padding columns.
+        junk = dict(b, tokens=b["tokens"].clone())
+        pad = torch.arange(7)[None] >= b["lengths"][:, None]
+        junk["tokens"][pad] = torch.randint(1, VOCAB, (int(pad.sum()),))
+        wider = dict(b, tokens=F.pad(b["tokens"], (0, 2)))
+        for other in (junk, wider):
+            torch.testing.assert_close(model.similarity(*encode(model, other)), s, rtol=0, atol=1e-6)
+            img, txt = encode(model, other)
+            torch.testing.assert_close(model.pair_similarity(img, txt), s.diagonal(), rtol=0, atol=1e-6)
+            new = model.write_heads(img, txt)
+            torch.testing.assert_close(fast_update(model.memory, *new), fast_update(model.memory, *heads),
+                                       rtol=0, atol=1e-6)
+    # Texts are padded to max_len so that encoded batches of different widths concatenate.
+    assert model.encode_texts(b)["words"].shape[1] == MAX_LEN
+
+
+def test_write_weights_for_figure_3():
+    model = small_model().eval()
+    b = batch(3, [4, 7, 2], seed=4)
+    with torch.no_grad():
+        ww = model.write_weights(*encode(model, b))
+    assert ww["region"].shape == ww["word"].shape == (3, 7, 8)
+    assert torch.equal(ww["region_mask"], ww["word_mask"])
+    torch.testing.assert_close(ww["region"].sum(-1), torch.ones(3, 7), rtol=0, atol=1e-6)
+    unaligned = small_model(use_alignment=False).eval()
+    with torch.no_grad():
+        ww = unaligned.write_weights(*encode(unaligned, b))
+    assert ww["region"].shape == (3, REGIONS, 8) and ww["word"].shape == (3, 7, 8)
+
+
+# --------------------------------------------------------------------------- ensemble, embed, checkpoint
+
+
+def test_ensemble_is_the_mean_of_the_two_lambdas():
+    model = small_model().eval()
+    b = batch(3, [4, 6, 2, 5], seed=6)
+    with torch.no_grad():
+        img, txt = encode(model, b)
+        mats = []
+        for lam in (0.5, 0.8):
+            model.lam = lam
+            mats.append(model.similarity(img, txt))
+        ens = ensemble_similarity(model, img, txt)
+    torch.testing.assert_close(ens, (mats[0] + mats[1]) / 2, rtol=0, atol=1e-6)
+    torch.testing.assert_close(mats[1], reference_scores(model, b, lam=0.8), rtol=0, atol=1e-5)
+    assert (mats[0] - mats[1]).abs().max() > 1e-4
+
+
+def test_embed_is_a_unit_global_vector():
+    for kw in ({}, {"use_alignment": False}):
+        model = small_model(**kw).eval()
+        b = batch(3, [4, 6, 2], seed=7)
+        with torch.no_grad():
+            img, txt = encode(model, b)
+            ei, et = model.embed(img), model.embed(txt)
+        assert ei.shape[0] == 3 and et.shape[0] == 3
+        torch.testing.assert_close(ei.norm(dim=-1), torch.ones(3), rtol=0, atol=1e-5)
+        if kw:  # the "mem" ablation's score is the embedding's dot product
+            torch.testing.assert_close(model.similarity(img, txt), ei @ et.T, rtol=0, atol=1e-6)
+
+
+def test_checkpoint_round_trip_keeps_the_memory(tmp_path):
+    model = small_model(shared_memory=False).train()
+    b = batch(4, [3, 5, 2, 4], seed=1)
+    model.loss(*encode(model, b), b)["loss"].backward()  # the memory now differs from its init
+    checkpoint.save(tmp_path / "ck", model, {"model": "acmm"})
+    fresh = small_model(seed=9, shared_memory=False)
+    assert not torch.equal(fresh.memory, model.memory)
+    checkpoint.load(tmp_path / "ck", fresh)
+    assert fresh.memory.shape == (2, 8, 12) and torch.equal(fresh.memory, model.memory)
+    model.eval()
+    fresh.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.similarity(*encode(fresh, b)), model.similarity(*encode(model, b)),
+                                   rtol=0, atol=0)
+
+
+def test_presets_build():
+    paper = get_preset("acmm", "paper")
+    assert paper.model["mem_items"] == 128 and paper.model["mem_width"] == 256 and paper.model["hidden"] == 1024
+    assert paper.train["batch_size"] == 128 and paper.train["lr"] == 5e-4 and paper.train["optimizer"] == "sgd"
+    assert paper.train["epochs"] == 30 and paper.train["grad_clip"] == 2.0 and paper.train["max_len"] == 50
+    for name in ("cpu", "tiny"):
+        model = create_model("acmm", vocab_size=VOCAB, image_dim=IMAGE_DIM, **get_preset("acmm", name).model)
+        assert model.pairwise and model.inputs.image == "regions" and model.memory.shape[0] == 1
+        assert model.warmup_epochs == 1  # summed violations in epoch 0, hardest negatives after
+        model.on_epoch_start(0)
+        assert not model.max_violation
+        model.on_epoch_start(1)
+        assert model.max_violation
+    assert "warmup_epochs" not in paper.model and small_model().max_violation
+
+
+def test_a_few_steps_fit_a_batch():
+    model = small_model().train()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    b = batch(8, [4, 6, 2, 5, 3, 7, 4, 5], seed=8)
+    losses = []
+    for _ in range(25):
+        opt.zero_grad()
+        out = model.loss(*encode(model, b), b)
+        out["loss"].backward()
+        opt.step()
+        losses.append(out["loss"].item())
+    assert losses[-1] < 0.5 * losses[0]
