@@ -4,6 +4,8 @@
 Each EVAL_JSON is written by ``xmr eval --json``; the row uses its two-step result with the largest
 K when the run was evaluated by two-step only, else the exhaustive one. The run's best dev epoch,
 training time and parameter count come from the run folder named in the JSON.
+When an EVAL_JSON holds a k-shot table (``xmr eval --kshot``), columns "K-shot i2t R@1" and
+"K-shot t2i R@1 (N)" follow for every k (N: the subset's pairs; "-" for a row without it).
 """
 from __future__ import annotations
 
@@ -23,7 +25,22 @@ def row(name: str, path: Path) -> dict:
             "t2i": {k: v for k, v in scored["t2i"].items() if k.startswith("r")},
             "rsum": scored["rsum"], "mR": scored["mR"], "best_epoch": best["epoch"] + 1,
             "epochs_run": len(metrics), "train_minutes": sum(m["train_seconds"] for m in metrics) / 60,
-            "overrides": json.loads((run / "config.json").read_text())["overrides"]}
+            "overrides": json.loads((run / "config.json").read_text())["overrides"],
+            **({"kshot": {int(k): _kshot_cell(v) for k, v in res["kshot"].items()}} if "kshot" in res else {})}
+
+
+def _kshot_cell(row: dict) -> dict:
+    """A k-shot row's size and R@1 both ways (image->text per pair; None for an empty subset)."""
+    r1 = lambda d: None if row.get(d) is None else row[d]["r1"]  # noqa: E731
+    return {"n": row["n"], "n_words": row.get("n_words"), "i2t_r1": r1("i2t"), "t2i_r1": r1("t2i"),
+            "mR": row.get("mR")}
+
+
+def _shot_cells(cell: dict | None) -> str:
+    if cell is None:
+        return " - | - |"
+    fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
+    return f" {fmt(cell['i2t_r1'])} | {fmt(cell['t2i_r1'])} ({cell['n']}) |"
 
 
 def main() -> None:
@@ -32,12 +49,15 @@ def main() -> None:
     high = all("r100" in r["i2t"] for r in rows)  # two-step results also give R@20/50/100
     ks = ("r1", "r5", "r10", "r20", "r50", "r100") if high else ("r1", "r5", "r10")
     names = " | ".join(f"{d} R@{k[1:]}" if k == "r1" else f"R@{k[1:]}" for d in ("i2t", "t2i") for k in ks)
-    lines = [f"### {title}", "", f"| setting | protocol | {names} | rsum | best epoch / run | train min |",
-             "|---|---|" + "---|" * (2 * len(ks) + 3)]
+    shots = sorted({k for r in rows for k in r.get("kshot", {})})
+    shot_names = "".join(f" {k}-shot i2t R@1 | {k}-shot t2i R@1 (N) |" for k in shots)
+    lines = [f"### {title}", "", f"| setting | protocol | {names} | rsum | best epoch / run | train min |"
+             f"{shot_names}", "|---|---|" + "---|" * (2 * len(ks) + 3 + 2 * len(shots))]
     for r in rows:
         lines.append(f"| {r['setting']} | {r['protocol']} | " + " | ".join(
             f"{r[d][k]:.1f}" for d in ("i2t", "t2i") for k in ks)
-            + f" | {r['rsum']:.1f} | {r['best_epoch']} / {r['epochs_run']} | {r['train_minutes']:.1f} |")
+            + f" | {r['rsum']:.1f} | {r['best_epoch']} / {r['epochs_run']} | {r['train_minutes']:.1f} |"
+            + "".join(_shot_cells(r.get("kshot", {}).get(k)) for k in shots))
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
 

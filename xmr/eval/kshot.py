@@ -214,9 +214,10 @@ def kshot_results(ranks: dict, caption_image: np.ndarray, subsets: dict[int, np.
 
 
 def kshot_evaluate(model, data, train_captions: list[str], ks: Iterable[int] = DEFAULT_KS,
-                   result: dict | None = None) -> dict[int, dict]:
+                   result: dict | None = None, reps=None) -> dict[int, dict]:
     """The k-shot table of a model on ``data`` (a whole split); ``result``: its exhaustive
-    ``evaluate`` result (computed here if not given)."""
+    ``evaluate`` result (computed here if not given); ``reps``: (images, captions) from
+    ``xmr.eval.evaluate.encode`` if already at hand (else the split is encoded again)."""
     from xmr.eval.evaluate import evaluate
 
     if result is None:
@@ -232,7 +233,7 @@ def kshot_evaluate(model, data, train_captions: list[str], ks: Iterable[int] = D
     union = np.unique(np.concatenate([subsets[k] for k in ks]))
     pair = np.full(data.n_captions, -1, dtype=np.int64)
     if len(union):
-        pair[union] = pair_i2t_ranks(model, data, union)
+        pair[union] = pair_i2t_ranks(model, data, union, reps=reps)
     return kshot_results(result, data.caption_image, subsets, pair, rare_words(captions, freq, ks))
 
 

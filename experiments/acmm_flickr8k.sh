@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# ACMM on Flickr8k: the full model (cpu preset) with its exhaustive 1K x 5K test evaluation, the
+# k-shot table (ACMM Table 2: k = 0, 1, 5) and the two-step K-curve; ACMM* (Sec. 4.5: the same
+# trained run scored by the mean of its lam = 0.5 and lam = 0.8 score matrices) on test; then the
+# six Table 1 ablations on a reduced budget, each evaluated exhaustively with the k-shot table,
+# collected into one table; then Figures 3 (write-weight cosines, aligned vs unaligned memory) and
+# 4 (PCA of the memory items, items of rare words marked).
+# Regenerates results/acmm-flickr8k/. Re-running resumes unfinished runs and reuses finished ones;
+# an evaluation is skipped when its JSON exists.
+#   bash experiments/acmm_flickr8k.sh [main|ablations|all]   (default all)
+#   full model: 12 epochs x ~5 min (+ ~25 s dev each) + ~6 min test (exhaustive + k-shot + two-step
+#               + ACMM*) on 2 cores
+#   ablations:  first ABL_IMAGES training images, ABL_EPOCHS epochs each (the first a warm-up of
+#               summed violations, as in the preset), exhaustive test + k-shot. Word frequencies for
+#               the k-shot subsets always come from the whole training split, so every row is
+#               scored on the same subsets as the full model.
+#   figures:    after the ablations (they need the "mem" run), when the full model is evaluated:
+#               Figure 3 compares the equal-budget "align + mem" and "mem" runs, Figure 4 shows the
+#               full model's memory.
+# A quick check on synthetic data (same logic, small and fast):
+#   DATA=synthetic,seed=3,n_train=300,n_dev=60,n_test=60 PRESET=tiny THREADS=1 RUNS=/tmp/acmm/runs \
+#     OUT=/tmp/acmm/out ABL_IMAGES=150 ABL_EPOCHS=2 bash experiments/acmm_flickr8k.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MODEL=acmm
+PRESET=${PRESET:-cpu}
+source experiments/common.sh
+DATA=${DATA:-flickr8k}
+RUNS=${RUNS:-runs/acmm-f8k}
+OUT=${OUT:-results/acmm-flickr8k}
+ABL_IMAGES=${ABL_IMAGES:-2000}
+ABL_EPOCHS=${ABL_EPOCHS:-4}
+STAGE=${1:-all}
+PY=.venv/bin/python
+case "$STAGE" in main|ablations|all) ;; *) echo "usage: $0 [main|ablations|all]" >&2; exit 2 ;; esac
+mkdir -p "$OUT" "$RUNS"
+$XMR features "$DATA" --threads "${THREADS:-2}" >/dev/null
+$PY -c "import json; from xmr.machine import machine_info; print(json.dumps(machine_info()))" > "$OUT/machine.json"
+
+# 1. The full model: exhaustive test with the k-shot table and the two-step K-curve (first stage:
+#    ACMM's own embed), then ACMM* on the same run, and both in one table.
+if [ "$STAGE" = main ] || [ "$STAGE" = all ]; then
+  train full
+  evaluate full "$OUT/test.json" --kshot 0 1 5 --two-step 10 20 50 100 --plot "$OUT/k_curve.png"
+  [ -f "$OUT/test-acmm-star.json" ] || $PY experiments/acmm_ensemble.py "$RUNS/full" "$OUT/test-acmm-star.json" \
+    --lambdas 0.5 0.8 --kshot 0 1 5 --threads "${THREADS:-2}" >> "$RUNS/full.log" 2>&1
+  cp "$RUNS/full/metrics.jsonl" "$RUNS/full/curve.png" "$RUNS/full/config.json" "$OUT/"
+  $PY experiments/ablation_table.py "$OUT/main" "ACMM and ACMM* ($DATA test, exhaustive)" \
+    "ACMM (lam 0.5)=$OUT/test.json" "ACMM* (lam 0.5 + 0.8)=$OUT/test-acmm-star.json"
+fi
+[ "$STAGE" = ablations ] || [ "$STAGE" = all ] || exit 0
+
+# 2. Table 1 on the reduced budget: name, Table 1 row, overrides (xmr/models/acmm.py docstring).
+ABL=(--set "train_images=$ABL_IMAGES" --set "epochs=$ABL_EPOCHS" --set "lr_decay_epochs=[$ABL_EPOCHS]")
+ablation() {  # run name, Table 1 row, overrides
+  local name=$1 row=$2; shift 2
+  train "$name" "${ABL[@]}" "$@"
+  evaluate "$name" "$RUNS/$name/test.json" --kshot 0 1 5
+  rows+=("$row=$RUNS/$name/test.json")
+}
+rows=()
+ablation abl-align-norel "align (w/o relation)" --set use_memory=false --set relation=false
+ablation abl-align "align" --set use_memory=false
+ablation abl-mem-noshared "mem (w/o shared)" --set use_alignment=false --set shared_memory=false
+ablation abl-mem "mem" --set use_alignment=false
+ablation abl-alignmem-noshared "align + mem (w/o shared)" --set shared_memory=false
+ablation abl-acmm "align + mem (ACMM)"
+$PY experiments/ablation_table.py "$OUT/ablation-table1" \
+  "ACMM Table 1 ablations ($DATA test, exhaustive, $ABL_IMAGES training images, $ABL_EPOCHS epochs)" "${rows[@]}"
+
+# 3. Figures 3 and 4 (need the full model, evaluated in stage main).
+if [ ! -f "$OUT/test.json" ]; then
+  echo "figures skipped: run stage main first (Figure 4 shows the full model's memory)" >&2
+elif [ ! -f "$OUT/acmm_figures.json" ]; then
+  $PY experiments/acmm_figures.py "$RUNS/full" "$OUT" --aligned "$RUNS/abl-acmm" --unaligned "$RUNS/abl-mem" \
+    --threads "${THREADS:-2}" >> "$RUNS/figures.log" 2>&1
+fi
