@@ -98,13 +98,16 @@ def set_lr(optimizers: list[torch.optim.Optimizer], recipe: dict, epoch: int) ->
 
 def data_facts(cfg: TrainConfig, vocab: Vocab, data: PairData) -> dict:
     """Constructor arguments that come from the data: vocabulary size, feature width and, for
-    models that ask for them, the number of image regions and the maximum caption length."""
+    models that ask for them, the number of image regions, the maximum caption length and the
+    number of training images."""
     params = inspect.signature(get_entry(cfg.model).cls.__init__).parameters
     facts = {"vocab_size": len(vocab), "image_dim": data.image_dim}
     if "n_regions" in params:
         facts["n_regions"] = int(data.features.shape[1]) if data.features.ndim == 3 else 1
     if "max_len" in params:
         facts["max_len"] = int(cfg.resolved()[1]["max_len"])
+    if "n_train_images" in params:  # models that classify the training images (Revisiting)
+        facts["n_train_images"] = int(data.n_images)
     return facts
 
 

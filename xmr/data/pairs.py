@@ -17,7 +17,8 @@ class PairData:
 
     Training batches are built per caption (each caption with its image), as VSE++ does; a
     batch's ``same_image`` (B, B) marks pairs of rows that share an image, which must not be
-    used as each other's negatives.
+    used as each other's negatives, and ``image_index`` (B,) is each row's image in the split.
+    Raw-pixel inputs (uint8 features, ``Inputs(image="pixels")``) are served as uint8.
     """
 
     def __init__(self, split: Split, vocab: Vocab, max_len: int = 50,
@@ -54,6 +55,8 @@ class PairData:
     def image_batch(self, idx: np.ndarray) -> dict:
         if self.features is None:
             raise ValueError(f"split {self.split.name!r} has no image features; extract them first")
+        if self.features.dtype == np.uint8:  # raw pixels (N, R, R, 3), normalised by the model
+            return {"image": torch.from_numpy(np.ascontiguousarray(self.features[idx]))}
         return {"image": torch.from_numpy(np.asarray(self.features[idx], dtype=np.float32))}
 
     def text_batch(self, idx: np.ndarray) -> dict:
@@ -69,6 +72,7 @@ class PairData:
         batch = {**self.image_batch(images), **self.text_batch(caption_idx)}
         same = torch.from_numpy(images[:, None] == images[None, :])
         batch["same_image"] = same & ~torch.eye(len(images), dtype=torch.bool)
+        batch["image_index"] = torch.from_numpy(images)  # each row's image in the split (its class, Revisiting)
         if self.labels is not None:  # each row's image labels (a caption shares its image's)
             batch["labels"] = torch.from_numpy(np.asarray(self.labels[images], dtype=np.int8))
         return batch

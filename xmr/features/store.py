@@ -3,7 +3,8 @@
 Extracted features are cached under ``<cache>/features/<dataset key>/<extractor>/`` and reused;
 precomputed-feature datasets bring their own. A model asks for ``pooled`` (N, D) or ``regions``
 (N, R, D) input; pooled input from a region file is the region mean, and region input from a
-pooled file is a single region.
+pooled file is a single region. A model that runs its own CNN asks for ``pixels``: the images
+resized to R x R, uint8, cached under ``<cache>/pixels/<dataset key>/<R>/``.
 """
 from __future__ import annotations
 
@@ -31,12 +32,19 @@ def feature_root(spec: DatasetSpec, extractor: str, cache: Path = DEFAULT_CACHE)
 
 def split_with_features(data: str | DatasetSpec, split: str, image_input: str,
                         extractor: str = "efficientnet-lite0-224", cache: Path = DEFAULT_CACHE,
-                        progress: bool = True, on_bad_input: str = "fail") -> Split:
+                        progress: bool = True, on_bad_input: str = "fail", resolution: int = 0) -> Split:
     """The split with ``features`` set to what ``image_input`` asks for, extracting on first use.
 
+    ``image_input="pixels"`` gives the raw images instead, uint8 (N, R, R, 3) at ``resolution``
+    R, cached under ``<cache>/pixels/`` (``xmr/features/pixels.py``; ``extractor`` is not used).
     Unreadable images stop with a DataError naming the file (``on_bad_input="fail"``) or are left
     out with their captions, counted on stderr (``"skip"``).
     """
+    if image_input == "pixels":
+        from xmr.features.pixels import split_with_pixels
+
+        spec = DatasetSpec.parse(data) if isinstance(data, str) else data
+        return split_with_pixels(open_split(spec, split), spec.key, resolution, cache, progress, on_bad_input)
     if image_input not in IMAGE_INPUTS:
         raise ValueError(f"image input must be one of {IMAGE_INPUTS}, not {image_input!r}")
     spec = DatasetSpec.parse(data) if isinstance(data, str) else data
@@ -71,7 +79,8 @@ def pair_data(data: str | DatasetSpec, split: str, inputs: Inputs, vocab: Vocab,
               progress: bool = True, on_bad_input: str = "fail") -> PairData:
     """Everything a model with these ``inputs`` reads from one split, ready for batching."""
     spec = DatasetSpec.parse(data) if isinstance(data, str) else data
-    s = split_with_features(spec, split, inputs.image, extractor, cache, progress, on_bad_input)
+    s = split_with_features(spec, split, inputs.image, extractor, cache, progress, on_bad_input,
+                            resolution=inputs.pixels)
     if inputs.labels:
         from xmr.data.labels import with_labels
 

@@ -4,6 +4,7 @@ from xmr.models import mmca  # noqa: F401
 from xmr.models import jgcar  # noqa: F401
 from xmr.models import cmmn  # noqa: F401
 from xmr.models import acmm  # noqa: F401
+from xmr.models import revisiting  # noqa: F401
 from xmr.models.base import RetrievalModel, create_model, get_entry, get_preset, model_names, register
 
 __all__ = ["RetrievalModel", "create_model", "get_entry", "get_preset", "model_names", "register"]

@@ -16,7 +16,8 @@ Training, evaluation, two-step re-ranking and search talk to models only through
 ``"l2"`` (Euclidean distance, CMMN and Revisiting); the search index follows it.
 ``score_block`` bounds how many (images, captions) one ``similarity`` call scores in evaluation.
 ``inputs`` says what a batch must carry: image ``pooled`` (N, D) or ``regions`` (N, R, D)
-features, and text ``tokens`` (ids from the training-split vocabulary).
+features, or ``pixels`` (uint8 (N, R, R, 3) images, ``xmr/features/pixels.py``), and text
+``tokens`` (ids from the training-split vocabulary).
 A model file registers itself with ``@register("name", presets={...})``.
 """
 from __future__ import annotations
@@ -32,9 +33,10 @@ Reps = dict[str, torch.Tensor]
 
 @dataclass(frozen=True)
 class Inputs:
-    image: str = "pooled"  # "pooled" | "regions"
+    image: str = "pooled"  # "pooled" | "regions" | "pixels" (raw uint8 images, Revisiting)
     text: tuple[str, ...] = ("tokens",)
     labels: bool = False  # training batches carry class labels (the dataset's, else keyword labels)
+    pixels: int = 0  # with image="pixels": the square resolution R of the (N, R, R, 3) uint8 images
 
 
 class RetrievalModel(nn.Module):

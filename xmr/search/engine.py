@@ -68,7 +68,8 @@ class Searcher:
         """Load what queries need (text encoder, CNN, stored features) now, not in a first request."""
         if "bert" in self.model.inputs.text:
             _ = self._bert
-        _ = self._backbone
+        if self.meta["image_input"] != "pixels":  # a pixels model needs no feature extractor
+            _ = self._backbone
         if "images" in self.indexes:
             _ = self.image_features
             self.search_text("a photo", k=1)
@@ -112,11 +113,18 @@ class Searcher:
     def image_batch_from_pil(self, image) -> dict:
         from xmr.features.image import image_features
 
+        if self.meta["image_input"] == "pixels":  # a model with its own CNN reads the resized image
+            from xmr.features.pixels import resized_pixels
+
+            return {"image": torch.from_numpy(resized_pixels(image, self.model.inputs.pixels)[None].copy())}
+
         backbone, resolution = self._backbone
         grid = image_features([image], backbone, resolution)
         return {"image": grid if self.meta["image_input"] == "regions" else grid.mean(1)}
 
     def image_batch_stored(self, idx: np.ndarray) -> dict:
+        if self.image_features.dtype == np.uint8:  # raw pixels (image input "pixels")
+            return {"image": torch.from_numpy(np.ascontiguousarray(self.image_features[idx]))}
         return {"image": torch.from_numpy(np.asarray(self.image_features[idx], dtype=np.float32))}
 
     # ------------------------------------------------------------------ checks

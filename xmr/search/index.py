@@ -130,13 +130,21 @@ def collect(collection: Collection, model, vocab, meta: dict, work: Path, cache:
         from xmr.features.image import extract_split, feature_dirs, skipped_images
 
         try:
-            extract_split(split, work / "extract", meta["extractor"], progress=progress, on_bad_input=on_bad_input)
+            if model.inputs.image == "pixels":  # a model with its own CNN: the resized images
+                from xmr.features.pixels import cache_pixels
+
+                split.features, skipped = cache_pixels(split, work / "extract", model.inputs.pixels, progress,
+                                                       on_bad_input)
+            else:
+                extract_split(split, work / "extract", meta["extractor"], progress=progress,
+                              on_bad_input=on_bad_input)
         except DataError as e:
             raise SearchError(f"{e} (--on-bad-input skip leaves unreadable images out)") from e
-        grid_dir, pooled_dir = feature_dirs(work / "extract")
-        regions = model.inputs.image == "regions"
-        split.features = np.load((grid_dir if regions else pooled_dir) / "images_ims.npy", mmap_mode="r")
-        skipped = skipped_images(work / "extract", "images")
+        if model.inputs.image != "pixels":
+            grid_dir, pooled_dir = feature_dirs(work / "extract")
+            regions = model.inputs.image == "regions"
+            split.features = np.load((grid_dir if regions else pooled_dir) / "images_ims.npy", mmap_mode="r")
+            skipped = skipped_images(work / "extract", "images")
         if skipped:
             print(f"left out {len(skipped)} unreadable image(s): " + "; ".join(r["reason"] for r in skipped[:3]),
                   file=sys.stderr)
@@ -215,7 +223,8 @@ def build_index(run: str | Path, collection: Collection, out: str | Path, kind: 
         # The model's raw inputs: a pairwise model re-ranks candidates from them, and an indexed
         # image is re-encoded from them as a query (the page's "best sentences" for an image).
         if "images" in sides:
-            np.save(work / "image_features.npy", np.asarray(data.features, dtype=np.float16))
+            raw = data.features.dtype == np.uint8  # a pixels model's images stay uint8
+            np.save(work / "image_features.npy", np.asarray(data.features, dtype=np.uint8 if raw else np.float16))
         if model.pairwise:
             for name, values in data.text_features.items():
                 np.save(work / f"text_{name}.npy", np.asarray(values))
