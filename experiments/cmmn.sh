@@ -42,6 +42,12 @@ if [ "$STAGE" = curves ] || [ "$STAGE" = all ]; then
   for lam in 0 1e-4 1e-3 1e-2 1e-1 1; do
     run "scenes-lambda$lam" "$SCENES" "$RUNS/scenes-lambda$lam.json" --set jacobian=$lam
   done
+  # Is memory vs no memory more than seed noise? Two more seeds (each draws its own synthetic set).
+  for seed in 1 2; do
+    for k in 0 10; do
+      run "scenes-k$k-s$seed" "$SCENES" "$RUNS/scenes-k$k-s$seed.json" --set memory_per_class=$k --seed $seed
+    done
+  done
 fi
 .venv/bin/python experiments/cmmn_report.py "$RUNS" "$OUT"
 .venv/bin/python -c "import json; from xmr.machine import machine_info; print(json.dumps(machine_info()))" > "$OUT/machine.json"

@@ -49,18 +49,24 @@ class TrainConfig:
 
     def resolved(self) -> tuple[dict, dict]:
         """(model kwargs, training recipe): the preset with ``overrides`` applied."""
-        preset = get_preset(self.model, self.preset)
-        model_kw, recipe = dict(preset.model), {**RECIPE_DEFAULTS, **preset.train}
-        allowed = set(inspect.signature(get_entry(self.model).cls.__init__).parameters) - {"self"}
-        for key, value in self.overrides.items():
-            if key in recipe:
-                recipe[key] = value
-            elif key in allowed:
-                model_kw[key] = value
-            else:
-                raise KeyError(f"--set {key}: not a training setting ({', '.join(sorted(recipe))}) "
-                               f"nor a {self.model} argument ({', '.join(sorted(allowed))})")
-        return model_kw, recipe
+        return resolve_preset(self.model, self.preset, self.overrides, RECIPE_DEFAULTS)
+
+
+def resolve_preset(model: str, preset: str, overrides: dict[str, Any], defaults: dict) -> tuple[dict, dict]:
+    """A registered model's preset with ``overrides`` applied: each key goes to the recipe (whose
+    keys are ``defaults``'s and the preset's) or to the model's constructor, else a KeyError."""
+    chosen = get_preset(model, preset)
+    model_kw, recipe = dict(chosen.model), {**defaults, **chosen.train}
+    allowed = set(inspect.signature(get_entry(model).cls.__init__).parameters) - {"self"}
+    for key, value in overrides.items():
+        if key in recipe:
+            recipe[key] = value
+        elif key in allowed:
+            model_kw[key] = value
+        else:
+            raise KeyError(f"--set {key}: not a training setting ({', '.join(sorted(recipe))}) "
+                           f"nor a {model} argument ({', '.join(sorted(allowed))})")
+    return model_kw, recipe
 
 
 def seed_everything(seed: int) -> None:

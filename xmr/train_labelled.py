@@ -21,7 +21,6 @@ Euclidean distance (real-valued) and on ``b`` with Hamming distance (binary).
 """
 from __future__ import annotations
 
-import inspect
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -36,9 +35,9 @@ from xmr import checkpoint
 from xmr.data.labelled import LabelledSet, Modality, load_mat, load_npz, synthetic_scenes
 from xmr.eval.ranking import label_retrieval_metrics, relevance
 from xmr.features.store import DEFAULT_CACHE
-from xmr.models import create_model, get_preset
+from xmr.models import create_model
 from xmr.models.cmmn import CMMN, select_memory, sentence_vectors
-from xmr.train import make_optimizer, seed_everything
+from xmr.train import make_optimizer, resolve_preset, seed_everything
 
 RECIPE_DEFAULTS = dict(pre_epochs=15, epochs=20, batch_size=128, lr=1e-3, pre_lr=1e-3, optimizer="adam",
                        momentum=0.9, weight_decay=0.0, grad_clip=0.0, map_at=500, dev_queries=None)
@@ -57,18 +56,7 @@ class LabelledConfig:
     progress: bool = True
 
     def resolved(self) -> tuple[dict, dict]:
-        preset = get_preset("cmmn", self.preset)
-        model_kw, recipe = dict(preset.model), {**RECIPE_DEFAULTS, **preset.train}
-        allowed = set(inspect.signature(CMMN.__init__).parameters) - {"self"}
-        for key, value in self.overrides.items():
-            if key in recipe:
-                recipe[key] = value
-            elif key in allowed:
-                model_kw[key] = value
-            else:
-                raise KeyError(f"--set {key}: not a training setting ({', '.join(sorted(recipe))}) "
-                               f"nor a cmmn argument ({', '.join(sorted(allowed))})")
-        return model_kw, recipe
+        return resolve_preset("cmmn", self.preset, self.overrides, RECIPE_DEFAULTS)
 
 
 # --------------------------------------------------------------------------- data
