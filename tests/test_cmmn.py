@@ -188,3 +188,25 @@ def test_cmmn_index_has_a_binary_hamming_index(tmp_path, feature_cache, vsepp_in
     assert all(hamming[h.image_index] == -h.score for h in binary)
     with pytest.raises(SearchError, match="no hash codes"):  # an embedding model's index has none
         Searcher(vsepp_index[1]).search_text(query, k=5, binary=True)
+
+
+def test_aligned_sets_report_fused_database_codes(tmp_path):
+    from xmr.data.labelled import LabelledSet, Modality
+    from xmr.eval.ranking import label_retrieval_metrics
+    from xmr.train_labelled import codes, evaluate_labelled, format_labelled, pre_features
+
+    rng = np.random.default_rng(0)
+    labels = np.eye(3, dtype=bool)[rng.integers(0, 3, 60)]
+    splits = {"train": np.arange(40), "dev": np.arange(40, 50), "test": np.arange(50, 60)}
+    data = LabelledSet("pairs", {m: Modality(rng.normal(size=(60, d)).astype(np.float32), labels, splits)
+                                 for m, d in (("image", 6), ("text", 4))}, ["a", "b", "c"], aligned=True)
+    torch.manual_seed(0)
+    model = _model(modalities={"image": 6, "text": 4}, memory_sizes=None).eval()
+    result = evaluate_labelled(model, data, "test", map_at=None)
+    assert set(result["fused"]) == {"image->fused", "text->fused"}
+    h_db = [codes(model, pre_features(model, m, data.modalities[m].features[:40])) for m in ("image", "text")]
+    fused = ((h_db[0] + h_db[1]) > 1).astype(np.float32)
+    q = (codes(model, pre_features(model, "text", data.modalities["text"].features[50:])) > 0.5).astype(np.float32)
+    want = label_retrieval_metrics(q, fused, labels[50:], labels[:40], metric="hamming", p_at=(1, 10, 100))
+    assert result["fused"]["text->fused"]["mAP"] == pytest.approx(want["mAP"])
+    assert "text->fused" in format_labelled(result)

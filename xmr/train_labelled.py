@@ -17,7 +17,9 @@ stage or epoch.
 Evaluation protocol (the paper's Sec. 4.1): queries are a split of the query modality, the
 database is the target modality's training split (its ``database`` split where the set has one);
 relevance is sharing a label; mAP over the whole database, mAP@500 and P@n, on ``h`` with
-Euclidean distance (real-valued) and on ``b`` with Hamming distance (binary).
+Euclidean distance (real-valued) and on ``b`` with Hamming distance (binary). For aligned sets
+(Wiki/COCO-style pairs) each query modality is also searched against one fused code per database
+item (``fused_codes``, the paper's COCO protocol).
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ from xmr.data.labelled import LabelledSet, Modality, load_mat, load_npz, synthet
 from xmr.eval.ranking import label_retrieval_metrics, relevance
 from xmr.features.store import DEFAULT_CACHE
 from xmr.models import create_model
-from xmr.models.cmmn import CMMN, select_memory, sentence_vectors
+from xmr.models.cmmn import CMMN, fused_codes, select_memory, sentence_vectors
 from xmr.train import make_optimizer, resolve_preset, seed_everything
 
 RECIPE_DEFAULTS = dict(pre_epochs=15, epochs=20, batch_size=128, lr=1e-3, pre_lr=1e-3, optimizer="adam",
@@ -166,7 +168,14 @@ def evaluate_labelled(model: CMMN, data: LabelledSet, split: str = "test", map_a
                 metric="euclidean" if kind == "real" else "hamming", map_at=map_at, p_at=P_AT)}
     mean = {kind: float(np.mean([results[f"{q}->{t}"][kind]["mAP"] for q, t in pairs])) for kind in kinds}
     mean["chance"] = float(np.mean([results[f"{q}->{t}"]["chance"] for q, t in pairs]))
-    return {"pairs": results, "mean_mAP": mean, "split": split, "bits": model.bits}
+    out = {"pairs": results, "mean_mAP": mean, "split": split, "bits": model.bits}
+    if data.aligned and binary:  # the paper's COCO protocol: one fused code per database item
+        db = database_split(next(iter(data.modalities.values())))
+        fused = fused_codes(*(torch.from_numpy(h[m, db][0]) for m in data.modalities)).numpy()
+        out["fused"] = {f"{q}->fused": label_retrieval_metrics(
+            (h[q, split][0] > 0.5).astype(np.float32), fused.astype(np.float32), h[q, split][1], h[q, db][1],
+            metric="hamming", map_at=map_at, p_at=P_AT) for q in data.modalities}
+    return out
 
 
 def format_labelled(result: dict) -> str:
@@ -181,6 +190,9 @@ def format_labelled(result: dict) -> str:
             f"{100 * r[k]['mAP']:>13.1f}" + (f"{100 * r[k][at]:>16.1f}" if at else "") for k in kinds))
     lines.append(f"{'mean':<26}{100 * result['mean_mAP']['chance']:>8.1f}" + "".join(
         f"{100 * result['mean_mAP'][k]:>13.1f}" + (" " * 16 if at else "") for k in kinds))
+    for pair, r in result.get("fused", {}).items():  # aligned sets: binary, fused database codes
+        lines.append(f"{pair:<26}{'':>8}{'':>13}" + (" " * 16 if at else "") + f"{100 * r['mAP']:>13.1f}"
+                     + (f"{100 * r[at]:>16.1f}" if at else ""))
     return "\n".join(lines)
 
 

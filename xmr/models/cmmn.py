@@ -120,9 +120,10 @@ def select_memory(features: np.ndarray, labels: np.ndarray, probs: np.ndarray | 
     return np.concatenate(vectors), np.concatenate(classes).astype(np.int64)
 
 
-def fused_codes(h_a: torch.Tensor, h_b: torch.Tensor) -> torch.Tensor:
-    """The COCO experiment's code for an aligned pair: ``b = (h_a + h_b > 1)``."""
-    return (h_a + h_b > 1).to(torch.uint8)
+def fused_codes(*h: torch.Tensor) -> torch.Tensor:
+    """The COCO experiment's code of an aligned item from its modalities' h: ``b = (h_a + h_b > 1)``
+    for two, ``sum_m h_m > M / 2`` for M."""
+    return (torch.stack(h).sum(0) > len(h) / 2).to(torch.uint8)
 
 
 @register("cmmn", presets=PRESETS)
