@@ -137,6 +137,15 @@ def claims() -> str:
         out.append(f"| MMCA | cross-attention (α > 0) improves on self-attention alone (Table 6) | "
                    f"{verdict(best['rsum'], zero['rsum'])} | rsum {best['rsum']:.1f} at {best['setting']} vs "
                    f"{zero['rsum']:.1f} at α = 0, reduced budget (`mmca-flickr8k/ablation-alpha.json`) |")
+    dims = load("mmca-flickr8k/ablation-d.json")
+    if dims:
+        best = max(dims, key=lambda r: r["rsum"])
+        at256 = next((r for r in dims if r["setting"] == "d=256"), None)
+        if at256:
+            out.append(f"| MMCA | d = 256 is the best width (Tables 4-5) | "
+                       f"{'holds' if best is at256 else 'does not hold'} | best {best['setting']} rsum "
+                       f"{best['rsum']:.1f}; " + ", ".join(f"{r['setting']} {r['rsum']:.1f}" for r in dims)
+                       + " (`mmca-flickr8k/ablation-d.json`) |")
     if vsepp and mmca:
         out.append(f"| MMCA | joint intra/inter-modal attention beats embedding models | "
                    f"{verdict(mmca['rsum'], vsepp['rsum'])} | rsum {mmca['rsum']:.1f} vs VSE++ {vsepp['rsum']:.1f} |")
