@@ -7,7 +7,6 @@ the model ranks first among all test captions (two-step, K = 100).
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 import torch
