@@ -5,7 +5,9 @@
 # beta = 0, re-ranking GRL's shortlist), JGCAR, JGCAR^v1 (no J2, J3), JGCAR^v2 (no J4) at d = 8, 16,
 # 256 and JGCAR at d = 8, 16; all evaluated by two-step retrieval, K = 100, with R@20/50/100.
 # Regenerates results/jgcar-flickr8k/. Re-running resumes unfinished runs and reuses finished ones.
-#   bash experiments/jgcar_flickr8k.sh [main|variants|all]   (default all)
+#   bash experiments/jgcar_flickr8k.sh [dev|main|variants|all]   (default all)
+# dev: the short dev trials that chose the cpu preset's negatives and learning rate
+# (1,000 training images, 2 epochs, dev rsum on 300 images) -> results/jgcar-flickr8k/dev-trials.json
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=jgcar PRESET=cpu
@@ -18,6 +20,22 @@ STAGE=${1:-all}
 mkdir -p "$OUT" "$RUNS"
 $XMR features flickr8k >/dev/null
 
+if [ "$STAGE" = dev ] || [ "$STAGE" = all ]; then
+  DEV_RUNS=runs/jgcar-dev
+  trial() {  # name, then overrides
+    local name=$1; shift
+    RUNS=$DEV_RUNS train "$name" --set train_images=1000 --set epochs=2 --set dev_images=300 "$@"
+  }
+  mkdir -p "$DEV_RUNS"
+  trial hard-false --set hard_negatives=false --set lr=2e-4
+  trial hard-true --set hard_negatives=true --set lr=2e-4
+  trial hard-lr1e-3 --set hard_negatives=true --set lr=1e-3
+  trial hard-lr3e-3 --set hard_negatives=true --set lr=3e-3
+  .venv/bin/python -c "
+import json, sys
+rows = {n: json.load(open(f'$DEV_RUNS/{n}/best.json'))['dev']['rsum'] for n in sys.argv[1:]}
+print(json.dumps(rows, indent=1))" hard-false hard-true hard-lr1e-3 hard-lr3e-3 > "$OUT/dev-trials.json"
+fi
 if [ "$STAGE" = main ] || [ "$STAGE" = all ]; then
   train joint
   evaluate joint "$OUT/test.json" --two-step 10 20 50 100 200 --plot "$OUT/k_curve.png"
