@@ -102,6 +102,52 @@ def test_full_erase_clears_an_item_and_leaves_exactly_the_write_vector():
         torch.testing.assert_close(after[[0, 1, 3, 4]], memory[[0, 1, 3, 4]], rtol=0, atol=1e-6)
 
 
+def test_sparse_addressing_keeps_the_top_k_items_and_renormalises():
+    g = torch.Generator().manual_seed(1)
+    memory, keys, strength = torch.randn(9, 6, generator=g), torch.randn(5, 6, generator=g), torch.full((5,), 4.0)
+    dense = address(keys, memory, strength)
+    for k in (1, 3):
+        sparse = address(keys, memory, strength, topk=k)
+        top = dense.topk(k, dim=-1).indices
+        assert ((sparse > 0).sum(-1) == k).all()
+        assert torch.equal(sparse.topk(k, dim=-1).indices.sort(-1).values, top.sort(-1).values)
+        kept = dense.gather(1, top)
+        torch.testing.assert_close(sparse.gather(1, top), kept / kept.sum(-1, keepdim=True))
+    assert torch.equal(address(keys, memory, strength, topk=9), dense)  # k >= N: dense
+
+
+def _mean_pairwise_cosine(items: torch.Tensor) -> float:
+    c = F.normalize(items, dim=-1) @ F.normalize(items, dim=-1).T
+    n = len(c)
+    return float((c.sum() - n) / (n * n - n))
+
+
+def test_dense_writes_collapse_the_items_and_top1_writes_keep_them_apart():
+    """Why the small presets write sparsely: B x J x 2 dense writes per batch spread over every
+    item erase them all and leave each the same weighted mean of the batch's write vectors, even
+    when each write vector follows its key (as learned heads' do); content addressing can then never
+    tell the items apart again. Top-1 writes change only the addressed item (module docstring)."""
+    g = torch.Generator().manual_seed(0)
+    pairs, steps, n_mem, width = 32, 10, 16, 32
+
+    def batch_heads():
+        key = torch.randn(pairs, steps, width, generator=g)
+        add = torch.randn(width, generator=g) + key + 0.5 * torch.randn(pairs, steps, width, generator=g)
+        return Heads(key, torch.full((pairs, steps), 2.0), torch.full((pairs, steps, width), 0.5), add,
+                     torch.ones(pairs, steps, dtype=torch.bool))
+
+    start = torch.randn(1, n_mem, width, generator=g) / width ** 0.5
+    assert _mean_pairwise_cosine(start[0]) < 0.2
+    final = {}
+    for topk in (0, 1, 2):
+        memory = start
+        for _ in range(20):
+            memory = fast_update(memory, batch_heads(), batch_heads(), topk)
+        final[topk] = _mean_pairwise_cosine(memory[0])
+    assert final[0] > 0.99, final
+    assert final[1] < 0.65 and final[2] < 0.75, final
+
+
 def test_fast_update_is_exact_for_one_pair_and_second_order_otherwise():
     n_mem, width, steps = 6, 5, 4
     memory = torch.randn(1, n_mem, width, generator=torch.Generator().manual_seed(3))

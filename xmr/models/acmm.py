@@ -18,6 +18,7 @@
 - **Memory** (Sec. 3.3): items M (N x W); content addressing ``theta(k, M_i, beta) = softmax_i
   beta cos(k, M_i)``; reads ``r = sum_i w_i M_i``; update ``M_i <- M_i o (1 - w_i e) + w_i u``, the
   region side first, then the word side. No dynamic allocation (the paper drops it).
+  ``write_topk`` (not in the paper; 0 = its dense addressing) restricts each write to its top-k items.
 - **Score** (Eq. 1): ``s = mean_j cos(r^V_j, r^S_j) + lam mean_j cos(v_j, s_j)`` over the real
   words; **loss** (Sec. 3.4): bidirectional hinge with the hardest in-batch negatives (VSE++ MH),
   margin m, on the B x B score matrix. ``warmup_epochs`` (not in the paper; VSE++'s schedule) sums
@@ -47,6 +48,18 @@ Memory, persistence and gradients (our decisions; the paper gives none of these 
   writes, while evaluation reads the frozen memory left by the last training batch.
   ``read_after_write=False`` reads M0 instead (training matches evaluation, but the write heads
   then get no gradient at all and stay at their initialisation).
+- Sparse writes (``write_topk = 1`` in the cpu and tiny presets; the paper preset keeps the dense
+  addressing of Sec. 3.3). With dense addressing the memory collapses: at the start every write key
+  has a near-uniform softmax over the items, a batch's B x J x 2 writes erase every item and leave
+  each the same weighted mean of the write vectors, and identical items can never be addressed
+  apart again (mean pairwise cosine of the items 1.000 after training on the synthetic set, and the
+  "mem" ablation scores every pair alike). Averaging a step's writes over the batch, a write
+  strength of +20 or an erase bias of -4 at initialisation did not prevent it (cosine 0.93-1.0).
+  Top-1 writes (sparse access as in Rae et al. 2016, each write changes only its most similar
+  item) keep the items apart (cosine 0.73 on the synthetic set; top-2 and top-4: 0.97, 0.98), at a
+  price: the softmax over one item is 1, so the write keys and strengths get no gradient and act as
+  fixed random projections that choose the item (the erase and write vectors still learn).
+  ``tests/test_acmm.py`` shows both behaviours on the update alone.
 - Fast update (b), ``fast_update``: the writes are applied sequentially over word positions
   t = 1..J (2 J steps), each step vectorised over the batch's sentences: at position t the
   region-side writes of all B pairs are addressed against the current memory and applied at once,
@@ -116,16 +129,19 @@ PRESETS = {
         note="Huang & Wang 2019, Sec. 4.2",
     ),
     # 2 CPU cores, Flickr8k (30k training pairs, 7 x 7 = 49 regions): H = 256, N = 64 items of
-    # W = 128, Adam, one warm-up epoch of summed violations; 32 words cover all but 0.02% of
+    # W = 128, Adam, one warm-up epoch of summed violations, top-1 writes (the dense ones collapse
+    # the memory, module docstring); 32 words cover all but 0.02% of
     # Flickr8k captions (longest 38). ~5 min per epoch on one thread (similarity ~50k pairs/s).
     "cpu": Preset(
-        model=dict(word_dim=300, hidden=256, mem_items=64, mem_width=128, lam=0.5, margin=0.2, warmup_epochs=1),
+        model=dict(word_dim=300, hidden=256, mem_items=64, mem_width=128, lam=0.5, margin=0.2, warmup_epochs=1,
+                   write_topk=1),
         train=dict(epochs=12, batch_size=64, lr=2e-4, optimizer="adam", grad_clip=2.0, max_len=32,
                    lr_decay_epochs=[8], lr_decay=0.1, dev_images=500),
         note="small enough for 2 CPU cores; validates on the first 500 dev images",
     ),
     "tiny": Preset(
-        model=dict(word_dim=32, hidden=64, mem_items=16, mem_width=32, lam=0.5, margin=0.2, warmup_epochs=1),
+        model=dict(word_dim=32, hidden=64, mem_items=16, mem_width=32, lam=0.5, margin=0.2, warmup_epochs=1,
+                   write_topk=1),
         train=dict(epochs=4, batch_size=32, lr=1e-3, optimizer="adam", grad_clip=2.0, max_len=20,
                    lr_decay_epochs=[3], lr_decay=0.1),
         note="tests and the synthetic demo",
@@ -138,14 +154,19 @@ def oneplus(x: torch.Tensor) -> torch.Tensor:
     return 1 + F.softplus(x)
 
 
-def address(keys: torch.Tensor, memory: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
+def address(keys: torch.Tensor, memory: torch.Tensor, strength: torch.Tensor, topk: int = 0) -> torch.Tensor:
     """Content addressing theta(k, M_i, beta) of Sec. 3.3: softmax over items i of beta cos(k, M_i).
 
     keys (..., W), memory (N, W), strength (...) -> weights (..., N), each row summing to 1. A zero
-    key or item has cosine 0 with everything.
+    key or item has cosine 0 with everything. ``topk`` > 0 keeps each key's ``topk`` most similar
+    items and renormalises the softmax over them (sparse addressing, Rae et al. 2016).
     """
     cos = F.normalize(keys, dim=-1, eps=EPS) @ F.normalize(memory, dim=-1, eps=EPS).T
-    return torch.softmax(strength[..., None] * cos, dim=-1)
+    logits = strength[..., None] * cos
+    if 0 < topk < memory.size(0):
+        kth = logits.topk(topk, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.softmax(logits, dim=-1)
 
 
 @dataclass
@@ -167,7 +188,7 @@ def write(memory: torch.Tensor, weights: torch.Tensor, erase: torch.Tensor, add:
     return memory * keep + weights.T @ add
 
 
-def fast_update(memory: torch.Tensor, region: Heads, word: Heads) -> torch.Tensor:
+def fast_update(memory: torch.Tensor, region: Heads, word: Heads, topk: int = 0) -> torch.Tensor:
     """The batch's memory update (Sec. 3.3 update equations), sequential over positions only.
 
     memory (banks, N, W): bank 0 takes the region side's writes, bank -1 the word side's (the same
@@ -184,12 +205,12 @@ def fast_update(memory: torch.Tensor, region: Heads, word: Heads) -> torch.Tenso
             live = heads.mask[:, t]
             if not bool(live.any()):
                 continue
-            w = address(heads.key[live, t], banks[b], heads.strength[live, t])
+            w = address(heads.key[live, t], banks[b], heads.strength[live, t], topk)
             banks[b] = write(banks[b], w, heads.erase[live, t], heads.add[live, t])
     return torch.stack(banks)
 
 
-def strict_sequential_update(memory: torch.Tensor, region: Heads, word: Heads) -> torch.Tensor:
+def strict_sequential_update(memory: torch.Tensor, region: Heads, word: Heads, topk: int = 0) -> torch.Tensor:
     """Reference for tests: every write in turn, straight from the Sec. 3.3 equations. Pair by pair,
     position by position, the region write then the word write, each addressed against the memory
     the previous write left: ``M_i <- M_i o (1 - w_i e) + w_i u``."""
@@ -198,7 +219,7 @@ def strict_sequential_update(memory: torch.Tensor, region: Heads, word: Heads) -
         for t in range(max(region.mask.size(1), word.mask.size(1))):
             for heads, b in ((region, 0), (word, len(banks) - 1)):
                 if t < heads.mask.size(1) and bool(heads.mask[p, t]):
-                    w = address(heads.key[p, t], banks[b], heads.strength[p, t])  # (N,)
+                    w = address(heads.key[p, t], banks[b], heads.strength[p, t], topk)  # (N,)
                     banks[b] = banks[b] * (1 - w[:, None] * heads.erase[p, t]) + w[:, None] * heads.add[p, t]
     return torch.stack(banks)
 
@@ -253,9 +274,10 @@ class ACMM(RetrievalModel):
                  hidden: int = 1024, mem_items: int = 128, mem_width: int = 256, lam: float = 0.5,
                  margin: float = 0.2, relation: bool = True, use_alignment: bool = True,
                  use_memory: bool = True, shared_memory: bool = True, read_after_write: bool = True,
-                 warmup_epochs: int = 0, cell_chunk: int = 1 << 14, word_init: np.ndarray | None = None):
+                 write_topk: int = 0, warmup_epochs: int = 0, cell_chunk: int = 1 << 14, word_init: np.ndarray | None = None):
         """``hidden`` is H (word states, regions, aligned vectors), ``mem_items`` N, ``mem_width`` W,
-        ``lam`` the lambda of Eq. 1; ``max_len`` is the width texts are padded to (so encoded batches
+        ``lam`` the lambda of Eq. 1; ``write_topk`` > 0 writes only to each write key's k most
+        similar items (0: dense, the paper); ``max_len`` is the width texts are padded to (so encoded batches
         concatenate); the flags select the Table 1 ablations (module docstring); ``cell_chunk`` bounds
         the (image, word) cells per scoring pass (small passes stay in cache: ~1.7x faster than 2^17)."""
         super().__init__()
@@ -266,6 +288,7 @@ class ACMM(RetrievalModel):
         self.warmup_epochs, self.max_violation = warmup_epochs, warmup_epochs == 0
         self.relation, self.use_alignment, self.use_memory = relation, use_alignment, use_memory
         self.shared_memory, self.read_after_write = shared_memory, read_after_write
+        self.write_topk = write_topk
         self.cell_chunk = max(1, int(cell_chunk))
         # Sec. 3.1 / 3.2: regions -> FC (-> GCN); words -> vectors -> BiGRU (or a linear map).
         self.image_fc = nn.Linear(image_dim, hidden)
@@ -368,12 +391,13 @@ class ACMM(RetrievalModel):
         alignment Tv = Ts = the words (w^Vw_j and w^Sw_j belong to the same word); for the "mem"
         ablation Tv is the regions."""
         region, word = self.write_heads(img, txt)
-        return {"region": address(region.key, self.memory[0], region.strength), "region_mask": region.mask,
-                "word": address(word.key, self.memory[-1], word.strength), "word_mask": word.mask}
+        k = self.write_topk
+        return {"region": address(region.key, self.memory[0], region.strength, k), "region_mask": region.mask,
+                "word": address(word.key, self.memory[-1], word.strength, k), "word_mask": word.mask}
 
     def update_memory(self, img: Reps, txt: Reps, memory: torch.Tensor) -> torch.Tensor:
         """The memory after this batch's writes (``fast_update``), from the pairs (image p, sentence p)."""
-        return fast_update(memory, *self.write_heads(img, txt))
+        return fast_update(memory, *self.write_heads(img, txt), self.write_topk)
 
     # ------------------------------------------------------------------ per pair
     def _image_fixed(self, u: torch.Tensor) -> Reps:
