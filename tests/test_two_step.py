@@ -41,6 +41,21 @@ def test_pair_similarity_is_the_diagonal_of_similarity(encoded):
     torch.testing.assert_close(aligned.view(N_IMG, n_txt), full, rtol=0, atol=1e-5)
 
 
+def test_indexed_pair_similarity_equals_pair_similarity_on_gathered_rows(encoded):
+    """MMCA computes each distinct item's cross-attention parts once; the scores must not change,
+    with repeated and unordered indices (as in a shortlist) and chunks that split them unevenly."""
+    model, img, txt, _ = encoded
+    g = torch.Generator().manual_seed(4)
+    rows = torch.randint(0, N_IMG, (40,), generator=g)
+    cols = torch.randint(0, N_IMG * PER_IMAGE, (40,), generator=g)
+    with torch.no_grad():
+        gathered = model.pair_similarity({k: v[rows] for k, v in img.items()}, {k: v[cols] for k, v in txt.items()})
+        indexed = model.indexed_pair_similarity(img, txt, rows, cols)
+        default = super(type(model), model).indexed_pair_similarity(img, txt, rows, cols)
+    torch.testing.assert_close(indexed, gathered, rtol=0, atol=1e-5)
+    torch.testing.assert_close(default, gathered, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("k", [N_IMG * PER_IMAGE, 1000])
 def test_k_all_equals_exhaustive_ranking(encoded, k):
     model, img, txt, cap_img = encoded

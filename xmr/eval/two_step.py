@@ -10,7 +10,7 @@ exactly equivalent inner product by ``inner_product_form``). So a query whose gr
 by the pairwise score, and one whose ground truth is not keeps its first-stage rank (which is >= K).
 With K = all items the ranks equal exhaustive pairwise scoring. Ties follow the pessimistic rule of
 ``xmr.eval.metrics``. Everything runs in query blocks: a block's first-stage scores against the
-whole database, its top-K, and ``model.pair_similarity`` on the block's (query, candidate) pairs.
+whole database, its top-K, and ``model.indexed_pair_similarity`` on the block's (query, candidate) pairs.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from xmr.data.pairs import PairData
-from xmr.eval.evaluate import encode, take
+from xmr.eval.evaluate import encode
 from xmr.eval.metrics import gt_ranks, recall_summary, summarize
 from xmr.models.base import Reps, RetrievalModel
 
@@ -53,9 +53,9 @@ def rerank_direction(model: RetrievalModel, queries: Reps, items: Reps, q_emb: t
         t1 = time.perf_counter()
         q_rows, c_rows = q.repeat_interleave(k), cand.reshape(-1)
         if query_is_image:
-            fine = model.pair_similarity(take(queries, q_rows), take(items, c_rows))
+            fine = model.indexed_pair_similarity(queries, items, q_rows, c_rows)
         else:
-            fine = model.pair_similarity(take(items, c_rows), take(queries, q_rows))
+            fine = model.indexed_pair_similarity(items, queries, c_rows, q_rows)
         fine = fine.view(len(q), k)
         cand_gt = is_gt.gather(1, cand)
         ranks[q] = torch.where(cand_gt.any(1), gt_ranks(fine, cand_gt), first_ranks[q])

@@ -76,6 +76,15 @@ class RetrievalModel(nn.Module):
             raise NotImplementedError(f"pairwise model {self.name!r} must implement pair_similarity")
         return (self.embed(img) * self.embed(txt)).sum(-1)
 
+    def indexed_pair_similarity(self, img: Reps, txt: Reps, img_index: torch.Tensor,
+                                txt_index: torch.Tensor) -> torch.Tensor:
+        """Scores (P,) of the pairs (image img_index[p], sentence txt_index[p]) of two encoded sets:
+        a re-ranking shortlist, where each query recurs K times. Default: ``pair_similarity`` on the
+        gathered rows; a model whose pair score has costly per-item parts overrides it to compute
+        them once per distinct item (MMCA)."""
+        return self.pair_similarity({k: v[img_index] for k, v in img.items()},
+                                    {k: v[txt_index] for k, v in txt.items()})
+
     def embed(self, reps: Reps) -> torch.Tensor | None:
         return reps.get("emb")
 

@@ -331,14 +331,27 @@ class MMCA(RetrievalModel):
 
     def pair_similarity(self, img: Reps, txt: Reps) -> torch.Tensor:
         """S of the aligned pairs (image p, sentence p): (P,), in chunks of ``pair_chunk`` pairs."""
-        scores = (img["i0"] * txt["c0"]).sum(-1)
+        rows = torch.arange(img["i0"].size(0), device=img["i0"].device)
+        return self.indexed_pair_similarity(img, txt, rows, rows)
+
+    def indexed_pair_similarity(self, img: Reps, txt: Reps, img_index: torch.Tensor,
+                                txt_index: torch.Tensor) -> torch.Tensor:
+        """S of the pairs (image img_index[p], sentence txt_index[p]): (P,). The per-item parts of
+        the cross-attention (``cross_items``: projections and the own-modality attention blocks) are
+        computed once per distinct image and sentence, then gathered for each pair; only the
+        per-pair blocks run P times, in chunks of ``pair_chunk`` pairs."""
+        scores = (img["i0"][img_index] * txt["c0"][txt_index]).sum(-1)
         if not self.alpha:
             return scores
-        img_parts, txt_parts = self._cross_sides(img["regions"], txt["words"], txt["word_mask"])
+        images, img_of_pair = img_index.unique(return_inverse=True)
+        sentences, txt_of_pair = txt_index.unique(return_inverse=True)
+        img_parts, txt_parts = self._cross_sides(img["regions"][images], txt["words"][sentences],
+                                                 txt["word_mask"][sentences])
         cross = []
         for s in range(0, scores.numel(), self.pair_chunk):
-            i1, c1 = self.cross_pairs({k: v[s: s + self.pair_chunk] for k, v in img_parts.items()},
-                                      {k: v[s: s + self.pair_chunk] for k, v in txt_parts.items()}, aligned=True)
+            ip, tp = img_of_pair[s: s + self.pair_chunk], txt_of_pair[s: s + self.pair_chunk]
+            i1, c1 = self.cross_pairs({k: v[ip] for k, v in img_parts.items()},
+                                      {k: v[tp] for k, v in txt_parts.items()}, aligned=True)
             cross.append((i1 * c1).sum(-1))
         return scores + self.alpha * torch.cat(cross)
 

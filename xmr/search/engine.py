@@ -3,7 +3,7 @@
 The first stage asks faiss for the top ``shortlist`` items by the model's metric on ``model.embed``
 vectors (inner product; Euclidean for CMMN, reported as the negative squared distance), or with
 ``binary=True`` by Hamming distance on hash codes (reported as the negative bit count); a
-pairwise model (MMCA, JGCAR, ACMM) then re-scores them with ``pair_similarity`` on the
+pairwise model (MMCA, JGCAR, ACMM) then re-scores them with ``indexed_pair_similarity`` on the
 query's and candidates' parts (``xmr.eval.two_step`` does the same for evaluation). Queries are
 validated here, so the CLI and the HTTP API give the same clear errors.
 """
@@ -163,11 +163,14 @@ class Searcher:
         first, idx = first[0][keep], idx[0][keep]
         scores = first
         if self.model.pairwise and len(idx):  # re-rank the shortlist with the pair score
-            query = {key: v.expand(len(idx), *v.shape[1:]) for key, v in query_reps.items()}
+            query, cands = torch.zeros(len(idx), dtype=torch.long), torch.arange(len(idx))
             if side == "images":
-                scores = self.model.pair_similarity(self.model.encode_images(candidate_batch(idx)), query).numpy()
+                scores = self.model.indexed_pair_similarity(self.model.encode_images(candidate_batch(idx)),
+                                                            query_reps, cands, query)
             else:
-                scores = self.model.pair_similarity(query, self.model.encode_texts(candidate_batch(idx))).numpy()
+                scores = self.model.indexed_pair_similarity(query_reps, self.model.encode_texts(candidate_batch(idx)),
+                                                            query, cands)
+            scores = scores.numpy()
         order = np.argsort(-scores, kind="stable")[:k]
         hits = []
         for rank, o in enumerate(order, 1):
