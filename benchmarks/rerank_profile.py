@@ -83,7 +83,8 @@ def main() -> None:
             print(direction, {k: v for k, v in result[direction].items() if k not in ("top_ops", "seconds")}, flush=True)
     load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else None
     Path(args.out).write_text(json.dumps({
-        "command": f"python benchmarks/rerank_profile.py --run {args.run} --queries {args.queries} --k {args.k}",
+        "command": f"python benchmarks/rerank_profile.py --run {args.run} --queries {args.queries} --k {args.k} "
+                   f"--threads {args.threads}",
         "run": args.run, "model": meta["model"], "machine": machine_info(), "loadavg_at_end": load,
         "results": result}, indent=1))
 

@@ -8,5 +8,7 @@ cd "$(dirname "$0")/.."
 bash experiments/vsepp_flickr8k.sh
 bash experiments/mmca_flickr8k.sh
 bash experiments/jgcar_flickr8k.sh
+bash experiments/acmm_flickr8k.sh
+bash experiments/revisiting_flickr8k.sh
 bash experiments/cmmn.sh
 .venv/bin/python experiments/report.py
