@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # ACMM on Flickr8k: the full model (cpu preset) with its exhaustive 1K x 5K test evaluation, the
 # k-shot table (ACMM Table 2: k = 0, 1, 5) and the two-step K-curve; ACMM* (Sec. 4.5: the same
-# trained run scored by the mean of its lam = 0.5 and lam = 0.8 score matrices) on test; then the
+# trained run scored by the mean of its lam = 0.5 and lam = 0.8 score matrices) on test, and what
+# each term of Eq. 1 contributes (memory-terms.json, experiments/acmm_memory_terms.py); then the
 # six Table 1 ablations on a reduced budget, each evaluated exhaustively with the k-shot table,
 # collected into one table; then Figures 3 (write-weight cosines, aligned vs unaligned memory) and
 # 4 (PCA of the memory items, items of rare words marked).
@@ -44,6 +45,8 @@ if [ "$STAGE" = main ] || [ "$STAGE" = all ]; then
   evaluate full "$OUT/test.json" --kshot 0 1 5 --two-step 10 20 50 100 --plot "$OUT/k_curve.png"
   [ -f "$OUT/test-acmm-star.json" ] || $PY experiments/acmm_ensemble.py "$RUNS/full" "$OUT/test-acmm-star.json" \
     --lambdas 0.5 0.8 --kshot 0 1 5 --threads "${THREADS:-2}" >> "$RUNS/full.log" 2>&1
+  [ -f "$OUT/memory-terms.json" ] || $PY experiments/acmm_memory_terms.py "$RUNS/full" "$OUT/memory-terms.json" \
+    --threads "${THREADS:-2}" >> "$RUNS/full.log" 2>&1
   cp "$RUNS/full/metrics.jsonl" "$RUNS/full/curve.png" "$RUNS/full/config.json" "$OUT/"
   $PY experiments/ablation_table.py "$OUT/main" "ACMM and ACMM* ($DATA test, exhaustive)" \
     "ACMM (lam 0.5)=$OUT/test.json" "ACMM* (lam 0.5 + 0.8)=$OUT/test-acmm-star.json"

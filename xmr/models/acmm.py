@@ -2,7 +2,8 @@
 
 - **Generic representations** (Sec. 3.1): region features (EfficientNet-Lite0 7 x 7 grid cells
   stand in for the Faster R-CNN regions, ``docs/substitutes.md``) -> FC to the model width H;
-  word vectors (``word_dim``, GloVe-initialised through ``word_init`` in place of Skip-Gram).
+  word vectors (``word_dim``) initialised through ``word_init``: GloVe by default, or a Skip-Gram
+  trained on the training captions as in the paper (recipe ``word_vectors = "skipgram"``).
 - **Relation modelling** (Sec. 3.2, "Semantic Relation Modeling"): a bidirectional GRU over the
   words (its two directions averaged, padding packed away) gives ``S`` (J x H); one graph
   convolution over the regions' appearance-similarity graph (Wang & Gupta [44]: edge weights
