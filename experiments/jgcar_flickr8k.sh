@@ -2,8 +2,8 @@
 # JGCAR on Flickr8k (keyword labels from the captions, xmr/data/labels.py): the joint model
 # (cpu preset) with exhaustive and two-step test evaluation (the K-curve), then the variants of
 # Tables 1-3 on a reduced budget: GRL (beta = 1), SGCAR (a separately trained co-attention,
-# beta = 0, re-ranking GRL's shortlist), JGCAR, JGCAR^v1 (no J2, J3), JGCAR^v2 (no J4) at d = 8, 16,
-# 256 and JGCAR at d = 8, 16; all evaluated by two-step retrieval, K = 100, with R@20/50/100.
+# beta = 0, re-ranking GRL's shortlist), JGCAR, JGCAR^v1 (no J2, J3) and JGCAR^v2 (no J4), each at
+# d = 8, 16, 256; all evaluated by two-step retrieval, K = 100, with R@20/50/100.
 # Regenerates results/jgcar-flickr8k/. Re-running resumes unfinished runs and reuses finished ones.
 #   bash experiments/jgcar_flickr8k.sh [dev|main|variants|all]   (default all)
 # dev: the short dev trials that chose the cpu preset's negatives and learning rate
@@ -57,6 +57,7 @@ variant jgcar-d256
 variant v1-d256 --set lambda2=0 --set lambda3=0
 variant v2-d256 --set lambda4=0
 for d in 8 16; do
+  variant "v1-d$d" --set lambda2=0 --set lambda3=0 --set d=$d
   variant "v2-d$d" --set lambda4=0 --set d=$d
   variant "jgcar-d$d" --set d=$d
 done
@@ -64,7 +65,8 @@ done
   "JGCAR variants (Flickr8k test, $VAR_IMAGES training images, $VAR_EPOCHS epochs, two-step K = 100)" \
   "GRL=$RUNS/grl/test-k100.json" "SGCAR=$RUNS/coattention/test-sgcar-k100.json" \
   "JGCAR d=256=$RUNS/jgcar-d256/test-k100.json" "JGCAR^v1 d=256=$RUNS/v1-d256/test-k100.json" \
-  "JGCAR^v2 d=256=$RUNS/v2-d256/test-k100.json" "JGCAR^v2 d=16=$RUNS/v2-d16/test-k100.json" \
+  "JGCAR^v2 d=256=$RUNS/v2-d256/test-k100.json" "JGCAR^v1 d=16=$RUNS/v1-d16/test-k100.json" \
+  "JGCAR^v2 d=16=$RUNS/v2-d16/test-k100.json" "JGCAR^v1 d=8=$RUNS/v1-d8/test-k100.json" \
   "JGCAR^v2 d=8=$RUNS/v2-d8/test-k100.json" "JGCAR d=16=$RUNS/jgcar-d16/test-k100.json" \
   "JGCAR d=8=$RUNS/jgcar-d8/test-k100.json"
 .venv/bin/python -c "import json; from xmr.machine import machine_info; print(json.dumps(machine_info()))" > "$OUT/machine.json"
