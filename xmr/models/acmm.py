@@ -53,12 +53,12 @@ Memory, persistence and gradients (our decisions; the paper gives none of these 
   addressing of Sec. 3.3). With dense addressing the memory collapses: at the start every write key
   has a near-uniform softmax over the items, a batch's B x J x 2 writes erase every item and leave
   each the same weighted mean of the write vectors, and identical items can never be addressed
-  apart again (mean pairwise cosine of the items 1.000 after training on the synthetic set, and the
-  "mem" ablation scores every pair alike). Averaging a step's writes over the batch, a write
-  strength of +20 or an erase bias of -4 at initialisation did not prevent it (cosine 0.93-1.0).
-  Top-1 writes (sparse access as in Rae et al. 2016, each write changes only its most similar
-  item) keep the items apart (cosine 0.73 on the synthetic set; top-2 and top-4: 0.97, 0.98), at a
-  price: the softmax over one item is 1, so the write keys and strengths get no gradient and act as
+  apart again (the "mem" ablation then scores every pair alike). In our exploratory runs on the
+  synthetic set (not a committed experiment), averaging a step's writes over the batch, a larger
+  initial write strength or a negative erase bias did not prevent it, and top-2 / top-4 writes
+  collapsed nearly as far. Top-1 writes (sparse access as in Rae et al. 2016, each write changes
+  only its most similar item) keep the items apart (Flickr8k: mean pairwise cosine 0.66,
+  ``results/acmm-flickr8k/memory-terms.json``), at a price: the softmax over one item is 1, so the write keys and strengths get no gradient and act as
   fixed random projections that choose the item (the erase and write vectors still learn).
   ``tests/test_acmm.py`` shows both behaviours on the update alone.
 - Fast update (b), ``fast_update``: the writes are applied sequentially over word positions
