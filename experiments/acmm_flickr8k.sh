@@ -4,8 +4,10 @@
 # trained run scored by the mean of its lam = 0.5 and lam = 0.8 score matrices) on test, and what
 # each term of Eq. 1 contributes (memory-terms.json, experiments/acmm_memory_terms.py); then the
 # six Table 1 ablations on a reduced budget, each evaluated exhaustively with the k-shot table,
-# collected into one table; then Figures 3 (write-weight cosines, aligned vs unaligned memory) and
-# 4 (PCA of the memory items, items of rare words marked).
+# collected into one table, with the reads of the "mem" run (memory-terms-mem.json); then two runs
+# beyond the paper, unit-length items and sharp reads (ablation-sharp-reads.*); then Figures 3
+# (write-weight cosines, aligned vs unaligned memory) and 4 (PCA of the memory items, items of rare
+# words marked).
 # Regenerates results/acmm-flickr8k/. Re-running resumes unfinished runs and reuses finished ones;
 # an evaluation is skipped when its JSON exists.
 #   bash experiments/acmm_flickr8k.sh [main|ablations|all]   (default all)
@@ -70,6 +72,21 @@ ablation abl-alignmem-noshared "align + mem (w/o shared)" --set shared_memory=fa
 ablation abl-acmm "align + mem (ACMM)"
 $PY experiments/ablation_table.py "$OUT/ablation-table1" \
   "ACMM Table 1 ablations ($DATA test, exhaustive, $ABL_IMAGES training images, $ABL_EPOCHS epochs)" "${rows[@]}"
+[ -f "$OUT/memory-terms-mem.json" ] || $PY experiments/acmm_memory_terms.py "$RUNS/abl-mem" "$OUT/memory-terms-mem.json" \
+  --threads "${THREADS:-2}" >> "$RUNS/abl-mem.log" 2>&1
+
+# 2b. Beyond the paper, same budget: the reads stay near-uniform mixtures of the items (memory-terms*.json),
+#     so try unit-length items and a read strength that starts at ~11 instead of ~1.7.
+SHARP=(--set unit_items=true --set read_strength_bias=10)
+rows=("mem=$RUNS/abl-mem/test.json" "align + mem (ACMM)=$RUNS/abl-acmm/test.json")
+ablation abl-mem-sharp "mem, unit items + sharp reads" --set use_alignment=false "${SHARP[@]}"
+ablation abl-acmm-sharp "align + mem (ACMM), unit items + sharp reads" "${SHARP[@]}"
+$PY experiments/ablation_table.py "$OUT/ablation-sharp-reads" \
+  "ACMM memory with unit items and sharp reads ($DATA test, exhaustive, $ABL_IMAGES training images, $ABL_EPOCHS epochs)" "${rows[@]}"
+for name in mem-sharp acmm-sharp; do
+  [ -f "$OUT/memory-terms-$name.json" ] || $PY experiments/acmm_memory_terms.py "$RUNS/abl-$name" \
+    "$OUT/memory-terms-$name.json" --threads "${THREADS:-2}" >> "$RUNS/abl-$name.log" 2>&1
+done
 
 # 3. Figures 3 and 4 (need the full model, evaluated in stage main).
 if [ ! -f "$OUT/test.json" ]; then

@@ -4,6 +4,8 @@ against a per-pair loop written from the paper's equations, the Table 1 ablation
 update against the strictly sequential one, the ACMM* ensemble and checkpoints."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -146,6 +148,30 @@ def test_dense_writes_collapse_the_items_and_top1_writes_keep_them_apart():
         final[topk] = _mean_pairwise_cosine(memory[0])
     assert final[0] > 0.99, final
     assert final[1] < 0.65 and final[2] < 0.75, final
+
+
+def test_unit_items_stay_unit_and_the_read_strength_bias_sharpens_reads():
+    plain = small_model(write_topk=1).train()
+    unit = small_model(write_topk=1, unit_items=True, read_strength_bias=20.0).train()
+    torch.testing.assert_close(unit.memory.norm(dim=-1), torch.ones(1, 8))
+    b = batch(4, [3, 5, 2, 4], seed=1)
+    for model in (plain, unit):
+        for _ in range(3):
+            model.loss(*encode(model, b), b)["loss"].backward()
+    torch.testing.assert_close(unit.memory.norm(dim=-1), torch.ones(1, 8))
+    assert (plain.memory.norm(dim=-1) - 1).abs().max() > 0.05  # the paper's update does not keep it
+
+    def read_entropy(model: ACMM) -> float:
+        reads = model.read_weights(*encode(model, b))
+        w = reads["region"][reads["region_mask"]]
+        torch.testing.assert_close(w.sum(-1), torch.ones(len(w)))
+        return float(-(w * w.clamp(min=1e-12).log()).sum(-1).mean())
+
+    uniform = math.log(8)  # the entropy of equal weights on the 8 items
+    with torch.no_grad():  # beta^r ~ 21 instead of ~1.7: reads far from the uniform mean of the items
+        assert read_entropy(plain) > 0.95 * uniform
+        assert read_entropy(unit) < 0.7 * uniform
+        assert (unit.read_weights(*encode(unit, b))["word_strength"] > 15).all()
 
 
 def test_fast_update_is_exact_for_one_pair_and_second_order_otherwise():

@@ -61,6 +61,13 @@ Memory, persistence and gradients (our decisions; the paper gives none of these 
   ``results/acmm-flickr8k/memory-terms.json``), at a price: the softmax over one item is 1, so the write keys and strengths get no gradient and act as
   fixed random projections that choose the item (the erase and write vectors still learn).
   ``tests/test_acmm.py`` shows both behaviours on the update alone.
+- Reads (``unit_items``, ``read_strength_bias``; off in every preset, not in the paper). Trained on
+  Flickr8k, the read strength beta^r stays near its initial oneplus(0) = 1.7, so the read weights
+  are nearly uniform over the items and every read is about the same mixture of them, dominated by
+  the items of largest norm: the memory term is then the same for every pair
+  (``experiments/acmm_memory_terms.py``, results/README.md). ``unit_items`` rescales the items to
+  unit length after every write step (and at initialisation); ``read_strength_bias`` initialises
+  the bias of the read-strength outputs, so beta^r starts at oneplus(bias) (e.g. 10 -> ~11).
 - Fast update (b), ``fast_update``: the writes are applied sequentially over word positions
   t = 1..J (2 J steps), each step vectorised over the batch's sentences: at position t the
   region-side writes of all B pairs are addressed against the current memory and applied at once,
@@ -189,7 +196,8 @@ def write(memory: torch.Tensor, weights: torch.Tensor, erase: torch.Tensor, add:
     return memory * keep + weights.T @ add
 
 
-def fast_update(memory: torch.Tensor, region: Heads, word: Heads, topk: int = 0) -> torch.Tensor:
+def fast_update(memory: torch.Tensor, region: Heads, word: Heads, topk: int = 0,
+                unit_items: bool = False) -> torch.Tensor:
     """The batch's memory update (Sec. 3.3 update equations), sequential over positions only.
 
     memory (banks, N, W): bank 0 takes the region side's writes, bank -1 the word side's (the same
@@ -197,6 +205,7 @@ def fast_update(memory: torch.Tensor, region: Heads, word: Heads, topk: int = 0)
     addressed against the current memory and applied at once (``write``), then the word writes at t.
     Exact against ``strict_sequential_update`` when P = 1; otherwise equal to first order in the
     erase / write vectors (see the module docstring). Differentiable in the heads and the memory.
+    ``unit_items`` rescales the items to unit length after every write step (not in the paper).
     """
     banks = list(memory.unbind(0))
     for t in range(max(region.mask.size(1), word.mask.size(1))):
@@ -208,6 +217,8 @@ def fast_update(memory: torch.Tensor, region: Heads, word: Heads, topk: int = 0)
                 continue
             w = address(heads.key[live, t], banks[b], heads.strength[live, t], topk)
             banks[b] = write(banks[b], w, heads.erase[live, t], heads.add[live, t])
+            if unit_items:
+                banks[b] = F.normalize(banks[b], dim=-1, eps=EPS)
     return torch.stack(banks)
 
 
@@ -275,10 +286,14 @@ class ACMM(RetrievalModel):
                  hidden: int = 1024, mem_items: int = 128, mem_width: int = 256, lam: float = 0.5,
                  margin: float = 0.2, relation: bool = True, use_alignment: bool = True,
                  use_memory: bool = True, shared_memory: bool = True, read_after_write: bool = True,
-                 write_topk: int = 0, warmup_epochs: int = 0, cell_chunk: int = 1 << 14, word_init: np.ndarray | None = None):
+                 write_topk: int = 0, unit_items: bool = False, read_strength_bias: float = 0.0,
+                 warmup_epochs: int = 0, cell_chunk: int = 1 << 14, word_init: np.ndarray | None = None):
         """``hidden`` is H (word states, regions, aligned vectors), ``mem_items`` N, ``mem_width`` W,
         ``lam`` the lambda of Eq. 1; ``write_topk`` > 0 writes only to each write key's k most
-        similar items (0: dense, the paper); ``max_len`` is the width texts are padded to (so encoded batches
+        similar items (0: dense, the paper); ``unit_items`` keeps the items at unit length (rescaled
+        after every write step) and ``read_strength_bias`` initialises the bias of the read-strength
+        outputs of t^V and t^S (0: beta^r starts near oneplus(0) = 1.69); both are not in the paper
+        (module docstring, "Reads"); ``max_len`` is the width texts are padded to (so encoded batches
         concatenate); the flags select the Table 1 ablations (module docstring); ``cell_chunk`` bounds
         the (image, word) cells per scoring pass (small passes stay in cache: ~1.7x faster than 2^17)."""
         super().__init__()
@@ -289,7 +304,7 @@ class ACMM(RetrievalModel):
         self.warmup_epochs, self.max_violation = warmup_epochs, warmup_epochs == 0
         self.relation, self.use_alignment, self.use_memory = relation, use_alignment, use_memory
         self.shared_memory, self.read_after_write = shared_memory, read_after_write
-        self.write_topk = write_topk
+        self.write_topk, self.unit_items = write_topk, unit_items
         self.cell_chunk = max(1, int(cell_chunk))
         # Sec. 3.1 / 3.2: regions -> FC (-> GCN); words -> vectors -> BiGRU (or a linear map).
         self.image_fc = nn.Linear(image_dim, hidden)
@@ -306,8 +321,12 @@ class ACMM(RetrievalModel):
         if use_memory:  # t^V, t^S -> {k^r, beta^r, k^w, beta^w, e, u}; the memory items
             self.iface_v = nn.Linear(hidden, 4 * mem_width + 2)
             self.iface_s = nn.Linear(hidden, 4 * mem_width + 2)
+            with torch.no_grad():  # output W is the read strength (``_read_logits``)
+                for layer in (self.iface_v, self.iface_s):
+                    layer.bias[mem_width] = read_strength_bias
             banks = 1 if shared_memory else 2
-            self.register_buffer("memory", torch.randn(banks, mem_items, mem_width) / mem_width ** 0.5)
+            memory = torch.randn(banks, mem_items, mem_width) / mem_width ** 0.5
+            self.register_buffer("memory", F.normalize(memory, dim=-1) if unit_items else memory)
 
     # ------------------------------------------------------------------ per item
     def encode_images(self, batch: dict) -> Reps:
@@ -373,18 +392,37 @@ class ACMM(RetrievalModel):
         reads = address(kb[..., :-1], bank, oneplus(kb[..., -1])) @ bank
         return F.normalize((reads * m[..., None]).sum(1) / m.sum(1, keepdim=True).clamp(min=1), dim=-1)
 
-    def write_heads(self, img: Reps, txt: Reps) -> tuple[Heads, Heads]:
-        """Write interface vectors of the aligned pairs (image p, sentence p): region side from
-        t^V(v_j) (with the alignment; from t^V(a_i) for the "mem" ablation), word side from t^S(s_j)."""
+    def _controller_inputs(self, img: Reps, txt: Reps) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What t^V and t^S see for the aligned pairs (image p, sentence p): the aligned vectors v_j
+        (with the alignment; the regions a_i for the "mem" ablation) and the word states s_j, each
+        with its mask: (xv, mask_v, xs, mask_s)."""
         txt = _trim(txt)
         mask = txt["mask"]
         if self.use_alignment:
             g = _softmax_regions(_iw(img["phi"], txt["alpha"]))  # (P, I, T)
-            region = self._heads(self.iface_v, g.transpose(1, 2) @ img["u"], mask)  # v = G A W
-        else:
-            a = img["regions"]
-            region = self._heads(self.iface_v, a, torch.ones(a.shape[:2], dtype=torch.bool, device=a.device))
-        return region, self._heads(self.iface_s, txt["words"], mask)
+            return g.transpose(1, 2) @ img["u"], mask, txt["words"], mask  # v = G A W
+        a = img["regions"]
+        return a, torch.ones(a.shape[:2], dtype=torch.bool, device=a.device), txt["words"], mask
+
+    def write_heads(self, img: Reps, txt: Reps) -> tuple[Heads, Heads]:
+        """Write interface vectors of the aligned pairs: region side from t^V(v_j) (t^V(a_i) for
+        the "mem" ablation), word side from t^S(s_j)."""
+        xv, mask_v, xs, mask_s = self._controller_inputs(img, txt)
+        return self._heads(self.iface_v, xv, mask_v), self._heads(self.iface_s, xs, mask_s)
+
+    def read_weights(self, img: Reps, txt: Reps) -> dict[str, torch.Tensor]:
+        """Read weights w^Vr, w^Sr (Sec. 3.3) and read strengths beta^r of the aligned pairs against
+        the current (frozen) memory, for diagnostics: ``region`` / ``word`` (P, T, N), their
+        ``*_strength`` (P, T) and ``*_mask``."""
+        xv, mask_v, xs, mask_s = self._controller_inputs(img, txt)
+        out = {}
+        for side, layer, x, mask, bank in (("region", self.iface_v, xv, mask_v, self.memory[0]),
+                                           ("word", self.iface_s, xs, mask_s, self.memory[-1])):
+            kb = self._read_logits(layer, x)
+            strength = oneplus(kb[..., -1])
+            out.update({side: address(kb[..., :-1], bank, strength), f"{side}_strength": strength,
+                        f"{side}_mask": mask})
+        return out
 
     def write_weights(self, img: Reps, txt: Reps) -> dict[str, torch.Tensor]:
         """Write weights w^Vw, w^Sw (Sec. 3.3) of the aligned pairs against the current (frozen)
@@ -398,7 +436,7 @@ class ACMM(RetrievalModel):
 
     def update_memory(self, img: Reps, txt: Reps, memory: torch.Tensor) -> torch.Tensor:
         """The memory after this batch's writes (``fast_update``), from the pairs (image p, sentence p)."""
-        return fast_update(memory, *self.write_heads(img, txt), self.write_topk)
+        return fast_update(memory, *self.write_heads(img, txt), self.write_topk, self.unit_items)
 
     # ------------------------------------------------------------------ per pair
     def _image_fixed(self, u: torch.Tensor) -> Reps:

@@ -344,12 +344,16 @@ class Revisiting(RetrievalModel):
         return out.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
 
     # ------------------------------------------------------------------ network
+    def normalise(self, u8: torch.Tensor) -> torch.Tensor:
+        """uint8 NHWC pixels -> the trunk's input: ImageNet-normalised NCHW float in channels-last
+        memory (the faster layout for Lite0 on CPU)."""
+        z = (u8.permute(0, 3, 1, 2).float() - self.mean) / self.std
+        return z.contiguous(memory_format=torch.channels_last)
+
     def embed_pixels(self, x: torch.Tensor) -> torch.Tensor:
         """The single network: uint8 (N, R, R, 3) photos or encoded sentences -> 128-d (N, D)."""
         def run(u8: torch.Tensor) -> torch.Tensor:
-            # NHWC uint8 -> NCHW float in channels-last memory (the faster layout for Lite0 on CPU)
-            z = (u8.permute(0, 3, 1, 2).float() - self.mean) / self.std
-            return self.fc(self.trunk(z.contiguous(memory_format=torch.channels_last)))
+            return self.fc(self.trunk(self.normalise(u8)))
 
         if torch.is_grad_enabled() and self.training:
             return run(x)

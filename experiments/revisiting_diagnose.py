@@ -1,0 +1,87 @@
+"""Does the one network of "Revisiting Cross Modal Retrieval" learn both modalities? For a trained
+run, on the first N images of the training split (with their captions) and of the dev split:
+
+- the mean norm of each modality's 128-d embedding and the distance between the two centroids;
+- rsum of Euclidean retrieval (the paper's protocol), of cosine and of centred cosine (each
+  modality's mean removed) on those N images: a gap between train and dev is over-fitting, train
+  near chance means the network never matched the modalities;
+- training split only: how often the softmax classifier of Sec. 3.3 names the right training image
+  from the image and from each of its encoded captions;
+- the output of the frozen prefix of the trunk (``freeze_blocks``): its relative spread over items
+  (mean distance to the mean over mean norm) and mean pairwise cosine, per modality: how much of
+  what tells captions apart survives the frozen ImageNet filters.
+
+Writes OUT (JSON).
+    .venv/bin/python experiments/revisiting_diagnose.py RUN OUT [--images 300] [--threads 2]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from xmr.eval.evaluate import encode
+from xmr.eval.metrics import ranks_from_scores, summarize
+from xmr.features.store import pair_data
+from xmr.train import load_trained
+
+
+def rsum(scores: torch.Tensor, caption_image: np.ndarray) -> float:
+    return round(summarize(*ranks_from_scores(scores, caption_image))["rsum"], 2)
+
+
+def spread(features: torch.Tensor) -> dict:
+    f = features.flatten(1)
+    unit = F.normalize(f, dim=1)
+    n = len(f)
+    return {"relative_spread": float((f - f.mean(0)).norm(dim=1).mean() / f.norm(dim=1).mean()),
+            "mean_pairwise_cosine": float(((unit @ unit.T).sum() - n) / (n * n - n))}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run")
+    p.add_argument("out")
+    p.add_argument("--images", type=int, default=300, help="first N images of each split, with their captions")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    model, vocab, meta = load_trained(args.run)
+    if meta["model"] != "revisiting":
+        raise SystemExit(f"{args.run} is a {meta['model']} run; this diagnoses revisiting runs")
+    result = {"run": args.run, "epoch": meta.get("epoch"), "images": args.images}
+    for split in ("train", "dev"):
+        data = pair_data(meta["data"], split, model.inputs, vocab, meta["max_len"], meta["extractor"],
+                         progress=False).head(args.images)
+        with torch.no_grad():
+            img, txt = encode(model, data)
+            a, b = img["emb"], txt["emb"]
+            centred = F.normalize(a - a.mean(0), dim=1) @ F.normalize(b - b.mean(0), dim=1).T
+            out = {"captions": data.n_captions,
+                   "norm": {"images": float(a.norm(dim=1).mean()), "captions": float(b.norm(dim=1).mean())},
+                   "centroid_distance": float((a.mean(0) - b.mean(0)).norm()),
+                   "rsum": {"euclidean": rsum(model.similarity(img, txt), data.caption_image),
+                            "cosine": rsum(F.normalize(a, dim=1) @ F.normalize(b, dim=1).T, data.caption_image),
+                            "centred_cosine": rsum(centred, data.caption_image)}}
+            if split == "train":
+                target = torch.as_tensor(data.caption_image)
+                out["classifier_accuracy"] = {
+                    "images": float((model.classifier(a).argmax(1) == torch.arange(len(a))).float().mean()),
+                    "captions": float((model.classifier(b).argmax(1) == target).float().mean())}
+                if model.trunk.prefix is not None:
+                    idx = np.arange(min(100, data.n_images))
+                    pixels = {"images": data.image_batch(idx)["image"],
+                              "captions": model.render_texts(data.text_batch(idx))}
+                    out["frozen_prefix"] = {name: spread(model.trunk.frozen_features(model.normalise(u8)))
+                                            for name, u8 in pixels.items()}
+        result[split] = out
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
