@@ -1,4 +1,5 @@
-"""Collect the evaluation JSONs of a set of runs into one table (Markdown + JSON) and a figure.
+"""Collect the evaluation JSONs of a set of runs into one table (Markdown + JSON) and a figure
+(R@1 per row, and every row's training curve: dev rsum per epoch).
 
     python experiments/ablation_table.py OUT_PREFIX TITLE NAME=EVAL_JSON [NAME=EVAL_JSON ...]
 Each EVAL_JSON is written by ``xmr eval --json``; the row uses its two-step result with the largest
@@ -25,6 +26,7 @@ def row(name: str, path: Path) -> dict:
             "t2i": {k: v for k, v in scored["t2i"].items() if k.startswith("r")},
             "rsum": scored["rsum"], "mR": scored["mR"], "best_epoch": best["epoch"] + 1,
             "epochs_run": len(metrics), "train_minutes": sum(m["train_seconds"] for m in metrics) / 60,
+            "dev_rsum": [m.get("dev_rsum") for m in metrics],
             "overrides": json.loads((run / "config.json").read_text())["overrides"],
             **({"kshot": {int(k): _kshot_cell(v) for k, v in res["kshot"].items()}} if "kshot" in res else {})}
 
@@ -65,14 +67,24 @@ def main() -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(rows), 3.2))
+    fig, (ax, curves) = plt.subplots(1, 2, figsize=(5 + 0.9 * len(rows), 3.6),
+                                     gridspec_kw={"width_ratios": [0.9 * len(rows), 4]})
     x = range(len(rows))
     ax.bar([i - 0.2 for i in x], [r["i2t"]["r1"] for r in rows], 0.4, label="image→text R@1")
     ax.bar([i + 0.2 for i in x], [r["t2i"]["r1"] for r in rows], 0.4, label="text→image R@1")
     ax.set_xticks(list(x), [r["setting"] for r in rows], rotation=30, ha="right", fontsize=8)
-    ax.set(ylabel="R@1 (%)", title=title)
+    ax.set(ylabel="test R@1 (%)")
     ax.legend(fontsize=7)
+    for r in rows:
+        points = [(e + 1, v) for e, v in enumerate(r["dev_rsum"]) if v is not None]
+        if points:
+            curves.plot(*zip(*points), marker="o", ms=3, label=r["setting"])
+    curves.set(xlabel="epoch", ylabel="dev rsum", title="training curves")
+    curves.xaxis.set_major_locator(MaxNLocator(integer=True))
+    curves.legend(fontsize=6)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(out.with_suffix(".png"), dpi=110)
     plt.close(fig)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -60,6 +61,19 @@ def test_resume_continues_exactly(cache, tmp_path):
     rows_full = (full / "metrics.jsonl").read_text().splitlines()
     rows_part = (part / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["dev_rsum"] for r in rows_full] == [json.loads(r)["dev_rsum"] for r in rows_part]
+
+
+def test_a_copied_run_resumes_in_its_new_folder(cache, tmp_path):
+    original = tmp_path / "original"
+    train(config(cache, original, epochs=1))
+    before = (original / "last.safetensors").read_bytes()
+    copy = tmp_path / "copy"
+    shutil.copytree(original, copy)
+    train(config(cache, copy, epochs=2), resume=True)  # the copy's config.json still names "original"
+    assert (original / "last.safetensors").read_bytes() == before
+    assert len((original / "metrics.jsonl").read_text().splitlines()) == 1
+    assert len((copy / "metrics.jsonl").read_text().splitlines()) == 2
+    assert json.loads((copy / "config.json").read_text())["out"] == str(copy)
 
 
 def test_cli_eval_writes_json(cache, tmp_path, capsys):

@@ -185,9 +185,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     resuming = resume and (out / "last.json").is_file()
     if resume and not resuming and ctx.main:
         print(f"nothing to resume in {out} (no last checkpoint); starting a new run", flush=True)
-    if resuming:  # the saved config, plus any overrides given now (e.g. more epochs)
+    if resuming:  # the saved config, plus any overrides given now (e.g. more epochs); a copied or
+        # moved run folder resumes where it is now
         saved = json.loads((out / "config.json").read_text())
-        cfg = TrainConfig(**{**saved, "progress": cfg.progress,
+        cfg = TrainConfig(**{**saved, "out": cfg.out, "progress": cfg.progress,
                              "overrides": {**saved["overrides"], **cfg.overrides}})
     model_kw, recipe = cfg.resolved()
     inputs = get_entry(cfg.model).cls.inputs_for(**model_kw)
