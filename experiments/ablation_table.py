@@ -26,7 +26,7 @@ def row(name: str, path: Path) -> dict:
             "t2i": {k: v for k, v in scored["t2i"].items() if k.startswith("r")},
             "rsum": scored["rsum"], "mR": scored["mR"], "best_epoch": best["epoch"] + 1,
             "epochs_run": len(metrics), "train_minutes": sum(m["train_seconds"] for m in metrics) / 60,
-            "dev_rsum": [m.get("dev_rsum") for m in metrics],
+            "dev_rsum": [m.get("dev_rsum") for m in metrics], "train_loss": [m.get("train_loss") for m in metrics],
             "overrides": json.loads((run / "config.json").read_text())["overrides"],
             **({"kshot": {int(k): _kshot_cell(v) for k, v in res["kshot"].items()}} if "kshot" in res else {})}
 

@@ -68,6 +68,8 @@ Memory, persistence and gradients (our decisions; the paper gives none of these 
   (``experiments/acmm_memory_terms.py``, results/README.md). ``unit_items`` rescales the items to
   unit length after every write step (and at initialisation); ``read_strength_bias`` initialises
   the bias of the read-strength outputs, so beta^r starts at oneplus(bias) (e.g. 10 -> ~11).
+  Measured on Flickr8k, they do not help: the items drift together instead, so sharp reads are
+  still flat over them (``results/acmm-flickr8k/ablation-sharp-reads.md``).
 - Fast update (b), ``fast_update``: the writes are applied sequentially over word positions
   t = 1..J (2 J steps), each step vectorised over the batch's sentences: at position t the
   region-side writes of all B pairs are addressed against the current memory and applied at once,
