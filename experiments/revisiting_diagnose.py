@@ -9,10 +9,13 @@ run, on the first N images of the training split (with their captions) and of th
   from the image and from each of its encoded captions;
 - the output of the frozen prefix of the trunk (``freeze_blocks``): its relative spread over items
   (mean distance to the mean over mean norm) and mean pairwise cosine, per modality: how much of
-  what tells captions apart survives the frozen ImageNet filters.
+  what tells captions apart survives the frozen ImageNet filters; with ``--prefix-depths``, the
+  same for the ImageNet trunk cut after each given number of blocks (``prefix_depths``) and for
+  the normalised input pixels themselves (``pixels``).
 
 Writes OUT (JSON).
-    .venv/bin/python experiments/revisiting_diagnose.py RUN OUT [--images 300] [--threads 2]
+    .venv/bin/python experiments/revisiting_diagnose.py RUN OUT [--images 300] [--prefix-depths 3 6 9 11]
+        [--threads 2]
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ import torch.nn.functional as F
 from xmr.eval.evaluate import encode
 from xmr.eval.metrics import ranks_from_scores, summarize
 from xmr.features.store import pair_data
+from xmr.models.revisiting import LiteTrunk
 from xmr.train import load_trained
 
 
@@ -47,6 +51,8 @@ def main() -> None:
     p.add_argument("run")
     p.add_argument("out")
     p.add_argument("--images", type=int, default=300, help="first N images of each split, with their captions")
+    p.add_argument("--prefix-depths", type=int, nargs="*", default=[],
+                   help="also measure the ImageNet trunk's prefix of each of these many blocks")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -72,12 +78,18 @@ def main() -> None:
                 out["classifier_accuracy"] = {
                     "images": float((model.classifier(a).argmax(1) == torch.arange(len(a))).float().mean()),
                     "captions": float((model.classifier(b).argmax(1) == target).float().mean())}
+                idx = np.arange(min(100, data.n_images))
+                pixels = {"images": model.normalise(data.image_batch(idx)["image"]),
+                          "captions": model.normalise(model.render_texts(data.text_batch(idx)))}
                 if model.trunk.prefix is not None:
-                    idx = np.arange(min(100, data.n_images))
-                    pixels = {"images": data.image_batch(idx)["image"],
-                              "captions": model.render_texts(data.text_batch(idx))}
-                    out["frozen_prefix"] = {name: spread(model.trunk.frozen_features(model.normalise(u8)))
-                                            for name, u8 in pixels.items()}
+                    out["frozen_prefix"] = {name: spread(model.trunk.frozen_features(x)) for name, x in pixels.items()}
+                out["pixels"] = {name: spread(x) for name, x in pixels.items()}  # the trunk's normalised input
+                depths = {}
+                for depth in args.prefix_depths:
+                    trunk = LiteTrunk(pretrained=True, freeze_blocks=depth).eval()
+                    depths[depth] = {name: spread(trunk.frozen_features(x)) for name, x in pixels.items()}
+                if depths:
+                    out["prefix_depths"] = depths
         result[split] = out
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))

@@ -25,7 +25,7 @@ for config in ${CONFIGS:-standard config2}; do
   cp "$RUNS/$config/metrics.jsonl" "$OUT/metrics-$config.jsonl"
   cp "$RUNS/$config/curve.png" "$OUT/curve-$config.png"
   [ -f "$OUT/diagnose-$config.json" ] || .venv/bin/python experiments/revisiting_diagnose.py "$RUNS/$config" \
-    "$OUT/diagnose-$config.json" --threads "${THREADS:-2}" >> "$RUNS/$config.log" 2>&1
+    "$OUT/diagnose-$config.json" --prefix-depths 1 3 6 9 13 16 --threads "${THREADS:-2}" >> "$RUNS/$config.log" 2>&1
 done
 # The standard run continued to LONG_EPOCHS (default 10) epochs, a copy resumed with more epochs:
 # on the preset's 6 its dev rsum is still rising. The t-SNE then shows this longer-trained model.
