@@ -288,15 +288,15 @@ class ACMM(RetrievalModel):
                  hidden: int = 1024, mem_items: int = 128, mem_width: int = 256, lam: float = 0.5,
                  margin: float = 0.2, relation: bool = True, use_alignment: bool = True,
                  use_memory: bool = True, shared_memory: bool = True, read_after_write: bool = True,
-                 write_topk: int = 0, unit_items: bool = False, read_strength_bias: float = 0.0,
+                 write_topk: int = 0, unit_items: bool = False, read_strength_bias: float | None = None,
                  warmup_epochs: int = 0, cell_chunk: int = 1 << 14, word_init: np.ndarray | None = None):
         """``hidden`` is H (word states, regions, aligned vectors), ``mem_items`` N, ``mem_width`` W,
         ``lam`` the lambda of Eq. 1; ``write_topk`` > 0 writes only to each write key's k most
         similar items (0: dense, the paper); ``unit_items`` keeps the items at unit length (rescaled
         after every write step) and ``read_strength_bias`` initialises the bias of the read-strength
-        outputs of t^V and t^S (0: beta^r starts near oneplus(0) = 1.69); both are not in the paper
-        (module docstring, "Reads"); ``max_len`` is the width texts are padded to (so encoded batches
-        concatenate); the flags select the Table 1 ablations (module docstring); ``cell_chunk`` bounds
+        outputs of t^V and t^S (None: PyTorch's default, beta^r starts near oneplus(0) = 1.69); both
+        are not in the paper (module docstring, "Reads"); ``max_len`` is the width texts are padded
+        to (so encoded batches concatenate); the flags select the Table 1 ablations (module docstring); ``cell_chunk`` bounds
         the (image, word) cells per scoring pass (small passes stay in cache: ~1.7x faster than 2^17)."""
         super().__init__()
         if not (use_alignment or use_memory):
@@ -323,9 +323,10 @@ class ACMM(RetrievalModel):
         if use_memory:  # t^V, t^S -> {k^r, beta^r, k^w, beta^w, e, u}; the memory items
             self.iface_v = nn.Linear(hidden, 4 * mem_width + 2)
             self.iface_s = nn.Linear(hidden, 4 * mem_width + 2)
-            with torch.no_grad():  # output W is the read strength (``_read_logits``)
-                for layer in (self.iface_v, self.iface_s):
-                    layer.bias[mem_width] = read_strength_bias
+            if read_strength_bias is not None:
+                with torch.no_grad():  # output W is the read strength (``_read_logits``)
+                    for layer in (self.iface_v, self.iface_s):
+                        layer.bias[mem_width] = read_strength_bias
             banks = 1 if shared_memory else 2
             memory = torch.randn(banks, mem_items, mem_width) / mem_width ** 0.5
             self.register_buffer("memory", F.normalize(memory, dim=-1) if unit_items else memory)
