@@ -100,16 +100,23 @@ def glove_vectors(vocab: Vocab, dim: int, seed: int = 0) -> tuple[np.ndarray, fl
     glove = np.load(Path(ROOT) / "glove_6B_50d_emb.npy", mmap_mode="r")
     words = pq.read_table(Path(ROOT) / "glove_6B_index.parquet").column(0).to_pylist()
     where = {w: i for i, w in enumerate(words)}
+    found = [(i, where[w]) for i, w in enumerate(vocab.words) if w in where]
+    rows, src = (np.array(x) for x in zip(*found)) if found else (np.zeros(0, int), np.zeros(0, int))
+    g = np.asarray(glove[np.sort(src)], dtype=np.float32)[np.argsort(np.argsort(src))]
+    return _embedding_matrix(vocab, dim, seed, rows, g)
+
+
+def _embedding_matrix(vocab: Vocab, dim: int, seed: int, rows: np.ndarray, vectors: np.ndarray
+                      ) -> tuple[np.ndarray, float]:
+    """Small random values (``<pad>`` zero) with ``vectors`` in ``rows``, filling their first columns
+    and rescaled to the random part's mean magnitude; and the fraction of vocabulary words found."""
     rng = np.random.default_rng(seed)
     emb = rng.uniform(-0.1, 0.1, size=(len(vocab), dim)).astype(np.float32)
     emb[0] = 0.0
-    found = [(i, where[w]) for i, w in enumerate(vocab.words) if w in where]
-    if found:
-        rows, src = map(np.array, zip(*found))
-        g = np.asarray(glove[np.sort(src)], dtype=np.float32)[np.argsort(np.argsort(src))]
-        scale = 0.1 / (np.abs(g).mean() + 1e-8)  # match the random part's magnitude
-        emb[rows, : min(dim, g.shape[1])] = g[:, :dim] * scale
-    return emb, len(found) / max(1, len(vocab) - len(SPECIALS))
+    if len(rows):
+        scale = 0.1 / (np.abs(vectors).mean() + 1e-8)
+        emb[rows, : min(dim, vectors.shape[1])] = vectors[:, :dim] * scale
+    return emb, len(rows) / max(1, len(vocab) - len(SPECIALS))
 
 
 def skipgram_vectors(vocab: Vocab, captions: list[str], dim: int, seed: int = 0, epochs: int = 10,
@@ -127,12 +134,7 @@ def skipgram_vectors(vocab: Vocab, captions: list[str], dim: int, seed: int = 0,
     sentences = [tokenize(c) for c in captions]
     w2v = Word2Vec(sentences, vector_size=dim, window=window, min_count=1, sg=1, workers=1, seed=seed,
                    epochs=epochs)
-    rng = np.random.default_rng(seed)
-    emb = rng.uniform(-0.1, 0.1, size=(len(vocab), dim)).astype(np.float32)
-    emb[0] = 0.0
-    found = [(i, w) for i, w in enumerate(vocab.words) if w in w2v.wv.key_to_index]
-    if found:
-        rows = np.array([i for i, _ in found])
-        vec = np.stack([w2v.wv[w] for _, w in found]).astype(np.float32)
-        emb[rows] = vec * (0.1 / (np.abs(vec).mean() + 1e-8))
-    return emb, len(found) / max(1, len(vocab) - len(SPECIALS))
+    rows = np.array([i for i, w in enumerate(vocab.words) if w in w2v.wv.key_to_index], dtype=int)
+    vectors = np.stack([w2v.wv[vocab.words[i]] for i in rows]).astype(np.float32) if len(rows) else \
+        np.zeros((0, dim), np.float32)
+    return _embedding_matrix(vocab, dim, seed, rows, vectors)
