@@ -62,6 +62,25 @@ def read_meta(stem: str | Path) -> dict:
     return meta
 
 
+def init_weights(stem: str | Path, model: torch.nn.Module) -> list[str]:
+    """Start ``model`` from another run's weights: every tensor of the checkpoint must fit, and
+    the model's tensors it lacks (a part the earlier run did not have, e.g. a fine-tuned CNN
+    tail) keep their initial values; returns those keys."""
+    stem = Path(stem)
+    meta = read_meta(stem)
+    if meta.get("model") != getattr(model, "name", None):
+        raise CheckpointError(f"{stem}: checkpoint is for model {meta.get('model')!r}, not {model.name!r}")
+    tensors = load_file(str(stem.with_suffix(".safetensors")))
+    state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:
+        raise CheckpointError(f"{stem}: weights do not fit this model ({str(e).splitlines()[-1].strip()})") from e
+    if unexpected:
+        raise CheckpointError(f"{stem}: weights this model does not have: {unexpected[:3]}")
+    return list(missing)
+
+
 def load(stem: str | Path, model: torch.nn.Module,
          optimizers: list[torch.optim.Optimizer] | None = None) -> dict:
     """Load tensors into ``model`` (and ``optimizers``, restoring the RNG); returns the metadata."""

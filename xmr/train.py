@@ -31,7 +31,8 @@ from xmr.models.base import RetrievalModel
 RECIPE_DEFAULTS = dict(epochs=10, batch_size=128, lr=2e-4, optimizer="adam", momentum=0.9,
                        weight_decay=0.0, lr_decay_epochs=[], lr_decay=0.1, grad_clip=2.0,
                        max_len=50, min_word_count=1, word_vectors="glove", dev_images=None,
-                       train_images=None, early_stop=None, dev_rerank_k=None, checkpoint_every=200)
+                       train_images=None, early_stop=None, dev_rerank_k=None, checkpoint_every=200,
+                       augment="none", init_from=None)
 
 
 @dataclass
@@ -79,7 +80,8 @@ def build_optimizers(model: RetrievalModel, recipe: dict) -> list[torch.optim.Op
     custom = getattr(model, "build_optimizers", None)
     if custom is not None:
         return custom(recipe)
-    return [make_optimizer(recipe["optimizer"], model.parameters(), recipe)]
+    groups = [{**g, "lr": recipe["lr"] * g.pop("lr_scale", 1.0)} for g in model.param_groups()]
+    return [make_optimizer(recipe["optimizer"], groups, recipe)]
 
 
 def make_optimizer(kind: str, params, recipe: dict) -> torch.optim.Optimizer:
@@ -114,6 +116,10 @@ def data_facts(cfg: TrainConfig, vocab: Vocab, data: PairData) -> dict:
         facts["max_len"] = int(cfg.resolved()[1]["max_len"])
     if "n_train_images" in params:  # models that classify the training images (Revisiting)
         facts["n_train_images"] = int(data.n_images)
+    if "backbone" in params:  # models that fine-tune the CNN that made their trunk input
+        from xmr.features.image import ExtractorSpec
+
+        facts["backbone"] = ExtractorSpec.parse(cfg.extractor).backbone
     return facts
 
 
@@ -134,6 +140,17 @@ def build(cfg: TrainConfig, vocab: Vocab, data: PairData, word_vectors: bool) ->
         else:
             extra["word_init"], _ = skipgram_vectors(vocab, data.split.captions, dim, cfg.seed)
     return create_model(cfg.model, **kw, **extra), kw
+
+
+def init_from(model: RetrievalModel, run: Path, vocab: Vocab, ctx: distributed.Context) -> None:
+    """Start from the best checkpoint of an earlier run of the same model on the same training
+    split (VSE++ fine-tunes its CNN from the model trained on frozen features); parts that run
+    did not have keep their initialisation."""
+    if Vocab.load(run / "vocab.json").words != vocab.words:
+        raise ValueError(f"init_from={run}: that run's vocabulary differs from this training split's")
+    new = checkpoint.init_weights(run / "best", model)
+    if ctx.main:
+        print(f"initialised from {run}/best ({len(new)} tensors new)", flush=True)
 
 
 def plot_curve(rows: list[dict], path: Path) -> None:
@@ -223,6 +240,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     # the global RNG, and a run's weights must not depend on whether the cache was warm.
     seed_everything(cfg.seed)
     model, model_kwargs = build(cfg, vocab, train_data, word_vectors=not resuming)
+    if recipe["init_from"] and not resuming:
+        init_from(model, Path(recipe["init_from"]), vocab, ctx)
     # static_graph: a parameter used in encoding but not in a variant's loss (e.g. JGCAR's
     # co-attention when beta = 1) gets no gradient, identically on every rank.
     engine = torch.nn.parallel.DistributedDataParallel(model, static_graph=True) if ctx.active else model
@@ -261,7 +280,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             done, loss_sum, parts_sum, seconds = (partial["step"], partial["loss_sum"], partial["parts_sum"],
                                                   partial["seconds"])
         n_batches = train_data.n_train_batches(recipe["batch_size"])
-        batches = itertools.islice(train_data.train_batches(recipe["batch_size"], rng), done, None)
+        batches = itertools.islice(train_data.train_batches(recipe["batch_size"], rng, recipe["augment"]), done, None)
         t0 = time.perf_counter() - seconds
         bar = tqdm(batches, total=n_batches, initial=done, desc=f"epoch {epoch + 1}/{recipe['epochs']}",
                    disable=not (cfg.progress and ctx.main))

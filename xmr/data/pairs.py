@@ -11,6 +11,25 @@ from xmr.data.base import Split
 from xmr.data.text import Vocab
 
 
+AUGMENTS = ("none", "crop", "flip", "crop-flip")
+
+
+def augment_maps(maps: torch.Tensor, augment: str, rng: np.random.Generator) -> torch.Tensor:
+    """Random crops and/or horizontal flips of activation maps (B, C, g, g), as VSE++'s random-crop
+    augmentation ("RC") but on the cached trunk: one crop side per batch, drawn from g-2..g (so
+    every row stacks), a random offset and a flip with probability 1/2 per row."""
+    b, _, g, _ = maps.shape
+    side = int(rng.integers(max(1, g - 2), g + 1)) if "crop" in augment else g
+    oy, ox = rng.integers(0, g - side + 1, size=(2, b))
+    flip = rng.random(b) < 0.5 if "flip" in augment else np.zeros(b, dtype=bool)
+    offs = np.arange(side)
+    rows = oy[:, None] + offs  # (B, side)
+    cols = np.where(flip[:, None], ox[:, None] + side - 1 - offs, ox[:, None] + offs)
+    bi = torch.arange(b)[:, None, None]
+    out = maps.permute(0, 2, 3, 1)[bi, torch.from_numpy(rows)[:, :, None], torch.from_numpy(cols)[:, None, :]]
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
 class PairData:
     """Image features (N, D) / (N, R, D) plus the split's captions as padded token ids
     (and any per-caption text features a model reads, such as frozen BERT states).
@@ -67,9 +86,12 @@ class PairData:
             batch[name] = torch.from_numpy(np.asarray(values[idx]))
         return batch
 
-    def pair_batch(self, caption_idx: np.ndarray) -> dict:
+    def pair_batch(self, caption_idx: np.ndarray, augment: str = "none",
+                   rng: np.random.Generator | None = None) -> dict:
         images = self.caption_image[caption_idx]
         batch = {**self.image_batch(images), **self.text_batch(caption_idx)}
+        if augment != "none":
+            batch["image"] = augment_maps(batch["image"], augment, rng)
         same = torch.from_numpy(images[:, None] == images[None, :])
         batch["same_image"] = same & ~torch.eye(len(images), dtype=torch.bool)
         batch["image_index"] = torch.from_numpy(images)  # each row's image in the split (its class, Revisiting)
@@ -77,10 +99,16 @@ class PairData:
             batch["labels"] = torch.from_numpy(np.asarray(self.labels[images], dtype=np.int8))
         return batch
 
-    def train_batches(self, batch_size: int, rng: np.random.Generator) -> Iterator[dict]:
+    def train_batches(self, batch_size: int, rng: np.random.Generator, augment: str = "none") -> Iterator[dict]:
+        """One epoch of training batches in ``rng``'s order; ``augment`` (image input ``trunk``
+        only) crops and flips the cached activation maps, drawn from the same ``rng``."""
+        if augment not in AUGMENTS:
+            raise ValueError(f"augment={augment!r}: use one of {', '.join(AUGMENTS)}")
+        if augment != "none" and (self.features is None or self.features.ndim != 4):
+            raise ValueError(f"augment={augment!r} needs image input 'trunk' (cached activation maps)")
         order = rng.permutation(self.n_captions)
         for s in range(0, len(order) - batch_size + 1, batch_size):  # drop the ragged last batch
-            yield self.pair_batch(order[s: s + batch_size])
+            yield self.pair_batch(order[s: s + batch_size], augment, rng)
 
     def n_train_batches(self, batch_size: int) -> int:
         return self.n_captions // batch_size

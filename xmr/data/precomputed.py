@@ -16,14 +16,15 @@ from xmr.data.text import read_caption_line
 
 
 def load_feature_array(path: Path) -> np.ndarray:
-    """Memory-map a feature .npy and check it: 2 or 3 dims, float dtype, finite values."""
+    """Memory-map a feature .npy and check it: 2 or 3 dims (4 for cached CNN activation maps
+    (N, C, g, g), image input "trunk"), float dtype, finite values."""
     if not path.is_file():
         raise DataError(f"{path}: feature file not found")
     try:
         arr = np.load(path, mmap_mode="r")
     except (ValueError, OSError) as e:
         raise DataError(f"{path}: not a readable .npy array ({e})") from e
-    if arr.ndim not in (2, 3):
+    if arr.ndim not in (2, 3, 4):
         raise DataError(f"{path}: features must be (N, D) or (N, R, D), got shape {arr.shape}")
     if arr.dtype.kind != "f":
         raise DataError(f"{path}: features must be float16/32/64, got {arr.dtype}")

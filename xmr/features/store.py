@@ -19,11 +19,11 @@ from xmr.data.base import DataError
 from xmr.data.pairs import PairData
 from xmr.data.precomputed import read_precomputed
 from xmr.data.text import Vocab
-from xmr.features.image import extract_split, feature_dirs, skipped_images
+from xmr.features.image import extract_split, feature_dirs, skipped_images, trunk_dir
 from xmr.models.base import Inputs
 
 DEFAULT_CACHE = Path(os.environ.get("XMR_CACHE", "runs/cache"))
-IMAGE_INPUTS = ("pooled", "regions")
+IMAGE_INPUTS = ("pooled", "regions", "trunk")
 
 
 def feature_root(spec: DatasetSpec, extractor: str, cache: Path = DEFAULT_CACHE) -> Path:
@@ -53,8 +53,8 @@ def split_with_features(data: str | DatasetSpec, split: str, image_input: str,
         root = feature_root(spec, extractor, cache)
         extract_split(raw, root, extractor, progress=progress, on_bad_input=on_bad_input)
         grid_dir, pooled_dir = feature_dirs(root)
-        stored = read_precomputed(grid_dir if image_input == "regions" else pooled_dir, split,
-                                  raw.captions_per_image)
+        stored_dir = {"regions": grid_dir, "pooled": pooled_dir, "trunk": trunk_dir(root)}[image_input]
+        stored = read_precomputed(stored_dir, split, raw.captions_per_image)
         raw.features = stored.features
         skipped = skipped_images(root, split)
         if skipped and on_bad_input == "fail":
@@ -67,6 +67,9 @@ def split_with_features(data: str | DatasetSpec, split: str, image_input: str,
                   f"({root / (split + '.skipped.json')})", file=sys.stderr)
             raw = raw.without_images([r["index"] for r in skipped])
     feats = raw.features
+    if image_input == "trunk" and feats.ndim != 4:
+        raise DataError(f"image input 'trunk' needs cached activation maps; {spec.key} brings "
+                        f"precomputed features of shape {feats.shape[1:]}")
     if image_input == "pooled" and feats.ndim == 3:
         raw.features = np.asarray(feats, dtype=np.float32).mean(1)
     elif image_input == "regions" and feats.ndim == 2:

@@ -98,6 +98,11 @@ class RetrievalModel(nn.Module):
     def on_epoch_start(self, epoch: int) -> None:
         """Hook for schedules that live in the model (e.g. VSE++'s switch to hardest negatives)."""
 
+    def param_groups(self) -> list[dict]:
+        """The trainable parameters as optimiser groups; a group's ``lr_scale`` multiplies the
+        recipe's learning rate (e.g. a fine-tuned CNN tail trained slower than the new layers)."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
 
 @dataclass
 class Preset:

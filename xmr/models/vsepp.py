@@ -1,7 +1,9 @@
 """VSE++ (Faghri, Fleet, Kiros, Fidler, BMVC 2018): the common baseline.
 
 Image: linear projection of the pooled CNN feature (or the mean of region features), l2-normed
-(VSE++ ``EncoderImagePrecomp``). Text: word embeddings -> GRU, final state, l2-normed. With
+(VSE++ ``EncoderImagePrecomp``). With ``image_input="trunk"`` the pooled feature comes from the
+top of the CNN fine-tuned on cached trunk activations (``image_tail.py``): the paper's "FT"
+setting at the cost of the last ``tail_blocks`` blocks. Text: word embeddings -> GRU, final state, l2-normed. With
 ``text_input="bert"`` the GRU reads frozen MiniLM token states instead of learned word
 embeddings (an xmr option, not in the paper: a pretrained stand-in for the word vectors).
 Similarity: cosine (dot product of unit vectors). Loss: Eq. 5, hinge triplet with the hardest
@@ -14,8 +16,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from xmr.losses import triplet_ranking_loss
-from xmr.models.base import Inputs, Preset, RetrievalModel, Reps, register
+from xmr.backbones import FEATURE_DIM
 from xmr.features.text import BERT_DIM
+from xmr.models.base import Inputs, Preset, RetrievalModel, Reps, register
+from xmr.models.image_tail import ImageTail
 from xmr.models.text_encoders import GRUEncoder
 
 PRESETS = {
@@ -58,11 +62,17 @@ class VSEPP(RetrievalModel):
 
     def __init__(self, vocab_size: int, image_dim: int, embed_dim: int = 1024, word_dim: int = 300,
                  bidirectional: bool = False, margin: float = 0.2, warmup_epochs: int = 0,
-                 dropout: float = 0.0, text_input: str = "words", word_init: np.ndarray | None = None):
+                 dropout: float = 0.0, text_input: str = "words", word_init: np.ndarray | None = None,
+                 image_input: str = "pooled", backbone: str = "efficientnet-lite0", tail_blocks: int = 2,
+                 tail_lr_scale: float = 1.0):
         super().__init__()
-        self.inputs = self.inputs_for(text_input=text_input)
+        self.inputs = self.inputs_for(text_input=text_input, image_input=image_input)
         self.text_input = text_input
         self.drop = nn.Dropout(dropout)  # not in the paper; regularises small training sets
+        self.tail = ImageTail(backbone, tail_blocks) if image_input == "trunk" else None
+        self.tail_lr_scale = tail_lr_scale
+        if self.tail is not None:
+            image_dim = FEATURE_DIM
         self.image_fc = nn.Linear(image_dim, embed_dim)
         # Xavier init as in the VSE++ code.
         r = np.sqrt(6.0) / np.sqrt(image_dim + embed_dim)
@@ -77,15 +87,27 @@ class VSEPP(RetrievalModel):
 
     def encode_images(self, batch: dict) -> Reps:
         feats = batch["image"]
+        if self.tail is not None:
+            feats = self.tail(feats)
         if feats.dim() == 3:
             feats = feats.mean(1)
         return {"emb": F.normalize(self.image_fc(self.drop(feats)), dim=-1)}
 
+    def param_groups(self) -> list[dict]:
+        if self.tail is None:
+            return super().param_groups()
+        tail = {id(p) for p in self.tail.parameters()}
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in tail]
+        return [{"params": rest},
+                {"params": [p for p in self.tail.parameters() if p.requires_grad], "lr_scale": self.tail_lr_scale}]
+
     @classmethod
-    def inputs_for(cls, text_input: str = "words", **_) -> Inputs:
+    def inputs_for(cls, text_input: str = "words", image_input: str = "pooled", **_) -> Inputs:
         if text_input not in ("words", "bert"):
             raise ValueError(f"text_input must be 'words' or 'bert', not {text_input!r}")
-        return Inputs(image="pooled", text=("tokens", "bert") if text_input == "bert" else ("tokens",))
+        if image_input not in ("pooled", "trunk"):
+            raise ValueError(f"image_input must be 'pooled' or 'trunk', not {image_input!r}")
+        return Inputs(image=image_input, text=("tokens", "bert") if text_input == "bert" else ("tokens",))
 
     def encode_texts(self, batch: dict) -> Reps:
         if self.text_input == "bert":

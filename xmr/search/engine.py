@@ -94,7 +94,7 @@ class Searcher:
         from xmr.features.image import ExtractorSpec, load_backbone
 
         spec = ExtractorSpec.parse(self.meta["extractor"])
-        return load_backbone(resolution=spec.resolution), spec.resolution
+        return load_backbone(resolution=spec.resolution, backbone=spec.backbone), spec.resolution
 
     def text_batch(self, captions: list[str], stored: np.ndarray | None = None) -> dict:
         """Model inputs of sentences: token ids, plus BERT states (stored rows, or computed now)."""
