@@ -13,7 +13,7 @@ import numpy as np
 import torch.nn.functional as F
 from torch import nn
 
-from xmr.losses import triplet_ranking_loss
+from xmr.losses import ViolationWarmup, triplet_ranking_loss
 from xmr.models.base import Inputs, Preset, RetrievalModel, Reps, register
 from xmr.features.text import BERT_DIM
 from xmr.models.text_encoders import GRUEncoder
@@ -72,14 +72,17 @@ class VSEPP(RetrievalModel):
             self.text = GRUEncoder(None, BERT_DIM, embed_dim, bidirectional, dropout=dropout)
         else:
             self.text = GRUEncoder(vocab_size, word_dim, embed_dim, bidirectional, word_init, dropout=dropout)
-        self.margin, self.warmup_epochs = margin, warmup_epochs
-        self.max_violation = warmup_epochs == 0
+        self.margin, self.warmup = margin, ViolationWarmup(warmup_epochs)
 
     def encode_images(self, batch: dict) -> Reps:
         feats = batch["image"]
         if feats.dim() == 3:
             feats = feats.mean(1)
         return {"emb": F.normalize(self.image_fc(self.drop(feats)), dim=-1)}
+
+    @classmethod
+    def word_vector_dim(cls, word_dim: int = 300, text_input: str = "words", **_) -> int | None:
+        return word_dim if text_input == "words" else None
 
     @classmethod
     def inputs_for(cls, text_input: str = "words", **_) -> Inputs:
@@ -97,8 +100,8 @@ class VSEPP(RetrievalModel):
 
     def loss(self, img: Reps, txt: Reps, batch: dict) -> dict:
         scores = self.similarity(img, txt)
-        loss = triplet_ranking_loss(scores, self.margin, self.max_violation, batch.get("same_image"))
+        loss = triplet_ranking_loss(scores, self.margin, self.warmup.max_violation, batch.get("same_image"))
         return {"loss": loss}
 
     def on_epoch_start(self, epoch: int) -> None:
-        self.max_violation = epoch >= self.warmup_epochs
+        self.warmup.on_epoch_start(epoch)
