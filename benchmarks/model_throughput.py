@@ -24,7 +24,7 @@ from xmr.eval.evaluate import encode, score_rows, take
 from xmr.features.store import pair_data
 from xmr.machine import machine_info
 from xmr.models import get_entry
-from xmr.train import TrainConfig, build, build_optimizers
+from xmr.train import TrainConfig, build
 
 
 def parse_spec(spec: str) -> TrainConfig:
@@ -42,7 +42,7 @@ def measure(cfg: TrainConfig, batches: int, n_images: int) -> dict:
             for s in ("train", "test")}
     torch.manual_seed(0)
     model, _ = build(cfg, vocab, data["train"], word_vectors=False)
-    optimizers = build_optimizers(model, recipe)
+    optimizers = model.build_optimizers(model.stages[0], recipe)
     bs = recipe["batch_size"]
     it = data["train"].train_batches(bs, np.random.default_rng(0))
     model.train()

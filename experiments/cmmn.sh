@@ -14,10 +14,12 @@ SCENES=${SCENES:-synthetic-scenes,noise=2}
 STAGE=${1:-all}
 mkdir -p "$OUT" "$RUNS"
 
-run() {  # name, data, json, then --set overrides; trains (resumable) and evaluates on test
+run() {  # name, data, json, then train options (--set ..., --seed); trains (resumable) and evaluates on test
   local name=$1 data=$2 json=$3; shift 3
   [ -f "$json" ] && return
-  $XMR cmmn train "$RUNS/$name" --data "$data" --resume --quiet --threads "${THREADS:-2}" --json "$json" "$@" >> "$RUNS/$name.log" 2>&1
+  $XMR train --model cmmn --preset cpu --out "$RUNS/$name" --data "$data" --resume --quiet --threads "${THREADS:-2}" \
+    "$@" >> "$RUNS/$name.log" 2>&1
+  $XMR eval "$RUNS/$name" --split test --threads "${THREADS:-2}" --json "$json" >> "$RUNS/$name.log" 2>&1
 }
 
 if [ "$STAGE" = scenes ] || [ "$STAGE" = all ]; then
@@ -32,7 +34,7 @@ if [ "$STAGE" = flickr8k ] || [ "$STAGE" = all ]; then
   done
   cp "$RUNS/f8k-b64/curve.png" "$OUT/flickr8k-b64-curve.png"
   # The pair protocol (R@K over the 1K x 5K test split) on CMMN's h, for the comparison report.
-  [ -f "$OUT/flickr8k-b64-recall.json" ] || $XMR eval "$RUNS/f8k-b64" --split test --json "$OUT/flickr8k-b64-recall.json" \
+  [ -f "$OUT/flickr8k-b64-recall.json" ] || $XMR eval "$RUNS/f8k-b64" --protocol pairs --split test --json "$OUT/flickr8k-b64-recall.json" \
     >> "$RUNS/f8k-b64.log" 2>&1
 fi
 if [ "$STAGE" = curves ] || [ "$STAGE" = all ]; then

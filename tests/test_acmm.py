@@ -440,12 +440,12 @@ def test_presets_build():
     for name in ("cpu", "tiny"):
         model = create_model("acmm", vocab_size=VOCAB, image_dim=IMAGE_DIM, **get_preset("acmm", name).model)
         assert model.pairwise and model.inputs.image == "regions" and model.memory.shape[0] == 1
-        assert model.warmup_epochs == 1  # summed violations in epoch 0, hardest negatives after
+        assert model.warmup.warmup_epochs == 1  # summed violations in epoch 0, hardest negatives after
         model.on_epoch_start(0)
-        assert not model.max_violation
+        assert not model.warmup.max_violation
         model.on_epoch_start(1)
-        assert model.max_violation
-    assert "warmup_epochs" not in paper.model and small_model().max_violation
+        assert model.warmup.max_violation
+    assert "warmup_epochs" not in paper.model and small_model().warmup.max_violation
 
 
 def test_a_few_steps_fit_a_batch():

@@ -1,4 +1,5 @@
-"""CMMN: Jacobian penalty, memory selection, codes, three-modality training, binary search index."""
+"""CMMN: Jacobian penalty, memory selection, codes, three-modality training through ``xmr train`` and
+``xmr eval``, binary search index."""
 from __future__ import annotations
 
 import json
@@ -7,8 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from xmr.cli import main
+from xmr.eval.labelled import fused_codes
+from xmr.features.text import sentence_vectors
 from xmr.models import create_model
-from xmr.models.cmmn import fused_codes, jacobian_penalty, select_memory, sentence_vectors
+from xmr.models.cmmn import jacobian_penalty, select_memory
 
 
 def test_jacobian_penalty_equals_the_autograd_jacobian():
@@ -78,7 +82,7 @@ def test_read_is_a_softmax_over_memory_and_empty_memory_adds_no_context():
     model = _model()
     for m in ("a", "b"):
         model.set_memory(m, torch.randn(3, 8))
-    reps = model.encode("a", torch.randn(4, 6))
+    reps = model.encode_modality("a", torch.randn(4, 6))
     assert set(reps) == {"context.a", "context.b", "r", "emb"}  # modality c has no memory
     qa = model.embed_query(model.pre_features("a", torch.randn(2, 6)))
     weights = torch.softmax(qa @ model.embed_key["b"](model.memory["b"]).T, -1)
@@ -86,7 +90,7 @@ def test_read_is_a_softmax_over_memory_and_empty_memory_adds_no_context():
     assert ((reps["emb"] > 0) & (reps["emb"] < 1)).all()
     assert model.hash_codes(reps["emb"]).dtype == torch.uint8
     with pytest.raises(KeyError, match="modalities"):
-        model.encode("d", torch.randn(1, 6))
+        model.encode_modality("d", torch.randn(1, 6))
 
 
 def test_loss_terms_and_gradient_reach_the_memories():
@@ -95,7 +99,7 @@ def test_loss_terms_and_gradient_reach_the_memories():
     for m in ("a", "b"):
         model.set_memory(m, torch.randn(3, 8))
     labels = torch.tensor([[1, 0, 0], [0, 1, 1]], dtype=torch.bool)
-    out = model.label_loss(model.encode("b", torch.randn(2, 4)), labels)
+    out = model.label_loss(model.encode_modality("b", torch.randn(2, 4)), labels)
     assert set(out) == {"loss", "cls", "jacobian", "context"}
     torch.testing.assert_close(out["loss"], out["cls"] + 1e-3 * out["jacobian"] + out["context"])
     out["loss"].backward()
@@ -115,34 +119,65 @@ def test_pair_interface_is_negative_squared_distance():
     sim = model.similarity(img, txt)
     torch.testing.assert_close(sim, -((img["emb"][:, None] - txt["emb"][None]) ** 2).sum(-1))
     torch.testing.assert_close(model.pair_similarity(img, {"emb": txt["emb"][:3]}), sim.diagonal())
-    with pytest.raises(NotImplementedError, match="xmr cmmn train"):
+    with pytest.raises(NotImplementedError, match="xmr train --model cmmn"):
         model.loss(img, txt, {})
 
 
-def test_three_modalities_train_end_to_end_and_resume(tmp_path):
-    from xmr.data.labelled import save_npz, synthetic_scenes
-    from xmr.train_labelled import LabelledConfig, evaluate_labelled, load_labelled_run, open_labelled, train_labelled
+def test_three_modalities_train_end_to_end_and_resume(tmp_path, capsys):
+    """``xmr train --model cmmn`` runs both stages in the one loop; ``xmr eval`` reports label mAP."""
+    from xmr.data.labelled import open_labelled, save_npz, synthetic_scenes
+    from xmr.eval.labelled import evaluate_labelled
+    from xmr.models import create_model
+    from xmr import checkpoint
 
     data = synthetic_scenes(n_classes=4, per_class=40, modalities=("photo", "drawing", "description"), seed=0)
     path = tmp_path / "scenes.npz"
     save_npz(data, path)
-    cfg = LabelledConfig(data=str(path), preset="tiny", out=str(tmp_path / "run"), progress=False,
-                         overrides={"epochs": 3})
-    best = train_labelled(cfg)
-    assert len(best["pairs"]) == 6  # every ordered pair of the three modalities
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert len(rows) == 3 and (tmp_path / "run" / "curve.png").is_file()
-    model, meta = load_labelled_run(tmp_path / "run")
+    run = tmp_path / "run"
+    train = ["train", "--model", "cmmn", "--preset", "tiny", "--data", str(path), "--out", str(run), "--quiet",
+             "--threads", "1"]
+    assert main([*train, "--set", "epochs=3"]) == 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and (run / "curve.png").is_file()
+    last = checkpoint.read_meta(run / "last")
+    assert set(last["stage_info"]["pre-networks"]["pre_accuracy"]) == {
+        f"{m}.{s}" for m in ("photo", "drawing", "description") for s in ("train", "dev")}
+    best = checkpoint.read_meta(run / "best")
+    assert len(best["dev"]["pairs"]) == 6  # every ordered pair of the three modalities
+    assert best["dev"]["mean_mAP"]["real"] == max(r["dev_mAP"] for r in rows)
+    model = create_model("cmmn", **best["model_kwargs"])
+    checkpoint.load(run / "best", model)
     assert set(model.memory_sizes) == {"photo", "drawing", "description"}
     assert all(n == 4 * 3 for n in model.memory_sizes.values())  # k = 3 per class, 4 classes
-    test = evaluate_labelled(model, open_labelled(str(path)), "test")
     chance = 0.25
+    capsys.readouterr()
+    assert main(["eval", str(run), "--json", str(tmp_path / "test.json"), "--threads", "1"]) == 0
+    assert "mean" in capsys.readouterr().out
+    test = json.loads((tmp_path / "test.json").read_text())
     assert test["mean_mAP"]["real"] > 2 * chance  # learned, well above a 4-class random ranking
     assert 0 < test["mean_mAP"]["binary"] <= 1
+    assert test["mean_mAP"] == evaluate_labelled(model.eval(), open_labelled(str(path)), "test")["mean_mAP"]
     # Resume with more epochs continues from epoch 3 and keeps the first rows.
-    train_labelled(LabelledConfig(out=str(tmp_path / "run"), progress=False, overrides={"epochs": 4}), resume=True)
-    rows2 = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert main([*train, "--resume", "--set", "epochs=4"]) == 0
+    rows2 = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(rows2) == 4 and rows2[:3] == rows
+
+
+def test_resume_between_stages_matches_an_uninterrupted_run(tmp_path):
+    """A run stopped after the pre-network stage resumes into the joint stage exactly."""
+    from xmr.train import TrainConfig, train
+
+    def cfg(out, **over):
+        return TrainConfig(model="cmmn", preset="tiny", data="synthetic-scenes,n_classes=3,per_class=20",
+                           out=str(tmp_path / out), progress=False, overrides={"pre_epochs": 2, **over})
+
+    full = train(cfg("full", epochs=2))
+    train(cfg("part", epochs=0))  # pre-networks and memory only
+    part = train(cfg("part", epochs=2), resume=True)
+    assert part["mean_mAP"] == full["mean_mAP"]
+    a, b = ([json.loads(r)["train_loss"] for r in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+            for d in ("full", "part"))
+    assert a == b
 
 
 def test_cmmn_index_has_a_binary_hamming_index(tmp_path, feature_cache, vsepp_index):
@@ -193,7 +228,7 @@ def test_cmmn_index_has_a_binary_hamming_index(tmp_path, feature_cache, vsepp_in
 def test_aligned_sets_report_fused_database_codes(tmp_path):
     from xmr.data.labelled import LabelledSet, Modality
     from xmr.eval.ranking import label_retrieval_metrics
-    from xmr.train_labelled import codes, evaluate_labelled, format_labelled, pre_features
+    from xmr.eval.labelled import codes, evaluate_labelled, format_labelled
 
     rng = np.random.default_rng(0)
     labels = np.eye(3, dtype=bool)[rng.integers(0, 3, 60)]
@@ -204,9 +239,9 @@ def test_aligned_sets_report_fused_database_codes(tmp_path):
     model = _model(modalities={"image": 6, "text": 4}, memory_sizes=None).eval()
     result = evaluate_labelled(model, data, "test", map_at=None)
     assert set(result["fused"]) == {"image->fused", "text->fused"}
-    h_db = [codes(model, pre_features(model, m, data.modalities[m].features[:40])) for m in ("image", "text")]
+    h_db = [codes(model, m, data.modalities[m].features[:40]) for m in ("image", "text")]
     fused = ((h_db[0] + h_db[1]) > 1).astype(np.float32)
-    q = (codes(model, pre_features(model, "text", data.modalities["text"].features[50:])) > 0.5).astype(np.float32)
+    q = (codes(model, "text", data.modalities["text"].features[50:]) > 0.5).astype(np.float32)
     want = label_retrieval_metrics(q, fused, labels[50:], labels[:40], metric="hamming", p_at=(1, 10, 100))
     assert result["fused"]["text->fused"]["mAP"] == pytest.approx(want["mAP"])
     assert "text->fused" in format_labelled(result)

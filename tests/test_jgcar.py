@@ -118,7 +118,7 @@ def test_beta_one_is_the_global_model_and_loss_parts():
 def test_paper_optimisers_split_the_parameters():
     model = small_model()
     recipe = {**get_preset("jgcar", "paper").train, "weight_decay": 1e-8, "momentum": 0.99}
-    sgd, rms = model.build_optimizers(recipe)
+    sgd, rms = model.build_optimizers(model.stages[0], recipe)
     assert isinstance(sgd, torch.optim.SGD) and isinstance(rms, torch.optim.RMSprop)
     ids = [id(p) for o in (sgd, rms) for g in o.param_groups for p in g["params"]]
     assert sorted(ids) == sorted(id(p) for p in model.parameters())  # each exactly once

@@ -13,8 +13,8 @@ EXAMPLES = """examples:
   xmr train --model vsepp --preset cpu --data flickr8k --out runs/vsepp-f8k
   xmr eval runs/vsepp-f8k --split test --json results/vsepp-f8k-test.json
   xmr eval runs/mmca-f8k --two-step 20 100 --first-stage runs/vsepp-f8k   # shortlist, then re-rank
-  xmr cmmn train --data synthetic-scenes --out runs/cmmn-scenes        # label-based: CMMN, any modalities
-  xmr cmmn eval runs/cmmn-scenes --json results/cmmn-scenes.json       # mAP, mAP@500, P@n, real and binary
+  xmr train --model cmmn --preset cpu --data synthetic-scenes --out runs/cmmn-scenes   # label-based, any modalities
+  xmr eval runs/cmmn-scenes --json results/cmmn-scenes.json       # mAP, mAP@500, P@n, real and binary
   xmr index build runs/vsepp-f8k --data flickr8k --split test --out runs/f8k-index
   xmr search runs/f8k-index "a dog runs on the beach"      # or: --image photo.jpg
   xmr serve runs/f8k-index                                 # API + search page on 127.0.0.1:8000
@@ -86,6 +86,42 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    from xmr import checkpoint
+    from xmr.models import get_entry
+
+    learns_from = get_entry(checkpoint.read_meta(Path(args.run) / args.checkpoint)["model"]).cls.learns_from
+    if (args.protocol or learns_from) == "labels":
+        return _eval_labels(args)
+    return _eval_pairs(args)
+
+
+def _eval_labels(args) -> int:
+    """A label model's run: mAP over every query -> target modality pair of its labelled set."""
+    from xmr import checkpoint
+    from xmr.eval.labelled import evaluate_labelled, format_labelled
+    from xmr.features.labelled import labelled_set
+    from xmr.models import create_model
+
+    stem = Path(args.run) / args.checkpoint
+    meta = checkpoint.read_meta(stem)
+    model = create_model(meta["model"], **meta["model_kwargs"])
+    checkpoint.load(stem, model)
+    model.eval()
+    config = json.loads((Path(args.run) / "config.json").read_text())
+    data = labelled_set(args.data or config["data"], Path(args.cache), config["extractor"], True, config["seed"])
+    result = evaluate_labelled(model, data, args.split, map_at=args.map_at)
+    print(f"{args.split}, {model.bits}-bit codes, database = training split of the target modality")
+    print(format_labelled(result))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"run": str(args.run), "checkpoint": args.checkpoint,
+                                               "data": args.data or config["data"], "epoch": meta.get("epoch"),
+                                               **result}, indent=1))
+    return 0
+
+
+def _eval_pairs(args) -> int:
+    """R@K on a pair split, exhaustive and/or two-step, with k-shot subsets on request."""
     from xmr.eval.evaluate import evaluate, format_table
     from xmr.features.store import pair_data
     from xmr.train import load_trained
@@ -131,29 +167,6 @@ def cmd_eval(args) -> int:
                   "split": args.split, "folds": args.folds, **result}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=1))
-    return 0
-
-
-def cmd_cmmn(args) -> int:
-    from xmr.train_labelled import (LabelledConfig, evaluate_labelled, format_labelled, load_labelled_run,
-                                    open_labelled, train_labelled)
-
-    if args.action == "train":
-        cfg = LabelledConfig(data=args.data, preset=args.preset, out=args.run, seed=args.seed,
-                             overrides=_overrides(args.set), cache=args.cache, extractor=args.extractor,
-                             progress=not args.quiet)
-        train_labelled(cfg, resume=args.resume)
-        args.checkpoint = "best"
-    model, meta = load_labelled_run(args.run, args.checkpoint)
-    config = json.loads((Path(args.run) / "config.json").read_text())
-    data = open_labelled(config["data"], Path(args.cache), config["extractor"], not args.quiet, config["seed"])
-    result = evaluate_labelled(model, data, args.split, map_at=args.map_at)
-    print(f"{args.split}, {model.bits}-bit codes, database = training split of the target modality")
-    print(format_labelled(result))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"run": str(args.run), "checkpoint": args.checkpoint,
-                                               "data": config["data"], "epoch": meta.get("epoch"), **result}, indent=1))
     return 0
 
 
@@ -247,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     presets = "; ".join(f"{m}: {', '.join(get_entry(m).presets)}" for m in model_names())
     t.add_argument("--preset", default="tiny", help=f"named setting of the model ({presets}); 'paper' is "
                    "the paper's, 'cpu' trains on 2 cores, 'tiny' is for synthetic data")
-    t.add_argument("--data", default="synthetic", help="dataset spec")
+    t.add_argument("--data", default="synthetic", help="dataset spec; for label models (cmmn): synthetic-scenes"
+                   "[,noise=2,multilabel=true,...] | flickr8k | FILE.npz | FILE.mat")
     t.add_argument("--extractor", default="efficientnet-lite0-224", help="image features (see xmr features)")
     t.add_argument("--out", default="runs/train", help="run folder (checkpoints, metrics, curve)")
     t.add_argument("--seed", type=int, default=0, help="seeds weights and batch order")
@@ -256,11 +270,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch (its saved settings, plus any --set)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    e = add("eval", "Evaluate a trained run: R@1/5/10, medr, meanr, rsum, mR.", cmd_eval)
+    e = add("eval", "Evaluate a trained run: R@1/5/10, medr, meanr, rsum, mR; for a label model (CMMN) mAP, "
+            "mAP@N and P@n over every query -> target modality pair, real-valued and binary.", cmd_eval)
     e._add_container_actions(common)
     e.add_argument("run", help="run folder written by xmr train")
     e.add_argument("--split", default="test")
     e.add_argument("--data", help="dataset spec (default: the one the run was trained on)")
+    e.add_argument("--protocol", choices=["pairs", "labels"], help="R@K on image-sentence pairs, or label mAP "
+                   "(default: what the run's model learns from; a CMMN run on flickr8k has both)")
+    e.add_argument("--map-at", type=int, default=500, help="labels: also report mAP over the top N (mAP@N)")
     e.add_argument("--folds", type=int, default=1, help="5 for COCO 1K (mean over five 1K folds)")
     e.add_argument("--checkpoint", default="best", choices=["best", "last"])
     e.add_argument("--json", help="write the full result (with every query's rank) here")
@@ -274,25 +292,6 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--kshot", type=int, nargs="+", metavar="K",
                    help="also report ACMM's k-shot subsets (e.g. --kshot 0 1 5): test pairs whose sentence has a "
                         "content word seen <= K times in training; sizes and recalls (xmr.eval.kshot)")
-
-    c = add("cmmn", "CMMN on labelled multi-modal features: train (pre-networks, memory, joint) and/or "
-            "evaluate (mAP over every query -> target modality pair).", cmd_cmmn)
-    c._add_container_actions(common)
-    c.add_argument("action", choices=["train", "eval"])
-    c.add_argument("run", help="run folder")
-    c.add_argument("--data", default="synthetic-scenes",
-                   help="train: synthetic-scenes[,noise=2,multilabel=true,...] | flickr8k | FILE.npz | FILE.mat")
-    c.add_argument("--preset", default="cpu", help=f"cmmn presets: {', '.join(get_entry('cmmn').presets)}")
-    c.add_argument("--extractor", default="efficientnet-lite0-224", help="image features for flickr8k")
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a preset value, e.g. --set bits=32 --set memory_per_class=5")
-    c.add_argument("--resume", action="store_true", help="continue from the last finished stage or epoch")
-    c.add_argument("--split", default="test", help="eval: the query split")
-    c.add_argument("--map-at", type=int, default=500, help="also report mAP over the top N (mAP@N)")
-    c.add_argument("--checkpoint", default="best", choices=["best", "last"])
-    c.add_argument("--json", help="write the evaluation here")
-    c.add_argument("--quiet", action="store_true")
 
     ix = add("index", "Build a search index over a collection with a trained model, or describe one.", cmd_index)
     ix._add_container_actions(common)

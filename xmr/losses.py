@@ -28,6 +28,19 @@ def triplet_ranking_loss(scores: torch.Tensor, margin: float = 0.2, max_violatio
     return cost_c.sum() + cost_i.sum()
 
 
+class ViolationWarmup:
+    """VSE++'s warm-up of the triplet loss: the sum of violations (Eq. 4) for the first
+    ``warmup_epochs`` epochs, the hardest negative (Eq. 5) from then on; ``max_violation`` is
+    what ``triplet_ranking_loss`` takes. Models call ``on_epoch_start`` from theirs."""
+
+    def __init__(self, warmup_epochs: int = 0):
+        self.warmup_epochs = warmup_epochs
+        self.max_violation = warmup_epochs == 0
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.max_violation = epoch >= self.warmup_epochs
+
+
 class CenterLoss(torch.nn.Module):
     """Center loss (Wen et al., ECCV 2016), the supervision signal of Revisiting (Sec. 3.3, Eq. 1).
 

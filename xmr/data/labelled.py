@@ -9,10 +9,13 @@ NUS-WIDE (multi-label). A :class:`LabelledSet` holds one such dataset: per modal
 
 Readers: :func:`load_npz` (xmr's own layout, written by :func:`save_npz`), :func:`load_mat`
 (the MATLAB files of the public cross-modal hashing releases) and :func:`synthetic_scenes`
-(a generated CMPlaces-like set: several unaligned modalities of one scene class).
+(a generated CMPlaces-like set: several unaligned modalities of one scene class);
+:func:`open_labelled` opens one by its spec. Flickr8k as a labelled set is built from cached
+features (``xmr.features.labelled``).
 """
 from __future__ import annotations
 
+import json
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -592,3 +595,29 @@ def with_modalities(data: LabelledSet, keep: Sequence[str]) -> LabelledSet:
     if missing:
         raise KeyError(f"{data.name} has no modality {missing}; it has {list(data.modalities)}")
     return replace(data, modalities={m: data.modalities[m] for m in keep})
+
+
+def open_labelled(data: str, seed: int = 0) -> LabelledSet:
+    """``synthetic-scenes[,KEY=VALUE...]`` (options of ``synthetic_scenes``, e.g. noise=2,multilabel=true;
+    ``seed`` unless an option gives one) or a ``.npz`` / ``.mat`` file."""
+    name, *options = data.split(",")
+    if name == "synthetic-scenes":
+        kwargs = {"seed": seed}
+        for option in options:
+            key, eq, value = option.partition("=")
+            if not eq:
+                raise ValueError(f"labelled data {data!r}: option {option!r} is not KEY=VALUE")
+            try:
+                kwargs[key] = json.loads(value)
+            except json.JSONDecodeError:
+                kwargs[key] = value
+        try:
+            return synthetic_scenes(**kwargs)
+        except TypeError as e:
+            raise ValueError(f"labelled data {data!r}: {e}") from e
+    path = Path(data)
+    if path.suffix == ".npz":
+        return load_npz(path)
+    if path.suffix == ".mat":
+        return load_mat(path)
+    raise ValueError(f"labelled data {data!r}: use synthetic-scenes[,KEY=VALUE...], flickr8k, or a .npz / .mat file")

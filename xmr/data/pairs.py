@@ -48,6 +48,7 @@ class PairData:
         self.caption_image = split.caption_image
         self.labels = split.labels  # (n_images, n_classes) 0/1 or None
         self.text_features = text_features or {}  # per-caption arrays, e.g. frozen BERT states
+        self.augment = "none"
 
     def head(self, n_images: int) -> "PairData":
         """The first ``n_images`` images with their captions (e.g. a cheaper dev check)."""
@@ -99,16 +100,20 @@ class PairData:
             batch["labels"] = torch.from_numpy(np.asarray(self.labels[images], dtype=np.int8))
         return batch
 
-    def train_batches(self, batch_size: int, rng: np.random.Generator, augment: str = "none") -> Iterator[dict]:
-        """One epoch of training batches in ``rng``'s order; ``augment`` (image input ``trunk``
-        only) crops and flips the cached activation maps, drawn from the same ``rng``."""
+    def set_augment(self, augment: str) -> None:
+        """Augment training batches: crops and/or flips of cached activation maps (image input
+        ``trunk`` only), drawn from the epoch's ``rng``."""
         if augment not in AUGMENTS:
             raise ValueError(f"augment={augment!r}: use one of {', '.join(AUGMENTS)}")
         if augment != "none" and (self.features is None or self.features.ndim != 4):
             raise ValueError(f"augment={augment!r} needs image input 'trunk' (cached activation maps)")
+        self.augment = augment
+
+    def train_batches(self, batch_size: int, rng: np.random.Generator) -> Iterator[dict]:
+        """One epoch of training batches in ``rng``'s order, augmented as ``set_augment`` says."""
         order = rng.permutation(self.n_captions)
         for s in range(0, len(order) - batch_size + 1, batch_size):  # drop the ragged last batch
-            yield self.pair_batch(order[s: s + batch_size], augment, rng)
+            yield self.pair_batch(order[s: s + batch_size], self.augment, rng)
 
     def n_train_batches(self, batch_size: int) -> int:
         return self.n_captions // batch_size

@@ -16,6 +16,13 @@ from tqdm import tqdm
 BERT_DIM = 384
 
 
+def sentence_vectors(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """A caption's sentence vector: the mean of its frozen MiniLM token states (N, T, 384) over
+    its words (CMMN's text modality)."""
+    mask = mask.to(states.dtype).unsqueeze(-1)
+    return (states * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+
 def load_bert():
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -122,7 +122,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xmr.losses import triplet_ranking_loss
+from xmr.losses import ViolationWarmup, triplet_ranking_loss
 from xmr.models.base import Inputs, Preset, RetrievalModel, Reps, register
 from xmr.models.text_encoders import GRUEncoder, word_embedding
 
@@ -281,6 +281,11 @@ def _trim(txt: Reps) -> Reps:
 class ACMM(RetrievalModel):
     inputs = Inputs(image="regions", text=("tokens",))
     pairwise = True
+    data_facts = ("vocab_size", "image_dim", "max_len")
+
+    @classmethod
+    def word_vector_dim(cls, word_dim: int = 300, **_) -> int:
+        return word_dim
     # 32 images x 1024 captions per similarity() call, scored in passes of cell_chunk (image, word) cells.
     score_block = (32, 1024)
 
@@ -303,7 +308,7 @@ class ACMM(RetrievalModel):
             raise ValueError("ACMM scores a pair through the alignment, the memory or both; both are off")
         self.max_len, self.hidden, self.mem_width = max_len, hidden, mem_width
         self.lam, self.margin = lam, margin
-        self.warmup_epochs, self.max_violation = warmup_epochs, warmup_epochs == 0
+        self.warmup = ViolationWarmup(warmup_epochs)
         self.relation, self.use_alignment, self.use_memory = relation, use_alignment, use_memory
         self.shared_memory, self.read_after_write = shared_memory, read_after_write
         self.write_topk, self.unit_items = write_topk, unit_items
@@ -574,7 +579,7 @@ class ACMM(RetrievalModel):
             if self.read_after_write:
                 memory = new
         scores = self.combine(*self.score_terms(img, txt, memory))
-        loss = triplet_ranking_loss(scores, self.margin, self.max_violation, batch.get("same_image"))
+        loss = triplet_ranking_loss(scores, self.margin, self.warmup.max_violation, batch.get("same_image"))
         out = {"loss": loss}
         if new is not None:
             with torch.no_grad():
@@ -584,7 +589,7 @@ class ACMM(RetrievalModel):
 
     def on_epoch_start(self, epoch: int) -> None:
         """Hardest negatives from epoch ``warmup_epochs`` on (sum of violations before)."""
-        self.max_violation = epoch >= self.warmup_epochs
+        self.warmup.on_epoch_start(epoch)
 
 
 def ensemble_similarity(model: ACMM, img: Reps, txt: Reps, lambdas: tuple[float, ...] = (0.5, 0.8)) -> torch.Tensor:

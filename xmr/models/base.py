@@ -19,16 +19,37 @@ Training, evaluation, two-step re-ranking and search talk to models only through
 features, or ``pixels`` (uint8 (N, R, R, 3) images, ``xmr/features/pixels.py``), and text
 ``tokens`` (ids from the training-split vocabulary).
 A model file registers itself with ``@register("name", presets={...})``.
+
+What training needs to know is declared here too, so the one loop of ``xmr/train.py`` serves
+every model without looking inside it:
+
+- ``learns_from``: ``"pairs"`` (image-sentence pairs; dev metric rsum of R@K) or ``"labels"``
+  (class-labelled modalities, ``xmr/data/labelled.py``; dev metric mean mAP, CMMN);
+- ``data_facts``: the constructor arguments that come from the data (``DATA_FACTS``), and
+  ``word_vector_dim``: the width of the pretrained word vectors it takes as ``word_init``;
+- ``stages``: the phases of training (one by default; CMMN's pre-networks, then its joint
+  stage), each with its batches (``stage_batches``), loss (``stage_loss``), optimisers
+  (``build_optimizers``) and the hooks around it (``start_stage``, ``end_stage``);
+- capabilities: ``pairwise`` (two-step re-ranking), ``hash_codes``, ``has_attention_maps``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Iterator, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
+from xmr.optim import make_optimizer
+
 Reps = dict[str, torch.Tensor]
+
+# Constructor arguments that training reads off the data: vocabulary size, image feature width,
+# image regions per item, caption length (the recipe's max_len), training images (Revisiting's
+# classes), labelled modalities with their feature widths and the number of classes (CMMN).
+DATA_FACTS = ("vocab_size", "image_dim", "n_regions", "max_len", "n_train_images", "modalities", "n_classes",
+              "backbone")
 
 
 @dataclass(frozen=True)
@@ -39,6 +60,30 @@ class Inputs:
     pixels: int = 0  # with image="pixels": the square resolution R of the (N, R, R, 3) uint8 images
 
 
+@dataclass(frozen=True)
+class Stage:
+    """One phase of training: ``epochs`` (a recipe key) passes over the stage's batches.
+
+    ``validate``: each epoch ends with a dev evaluation, best/last checkpoints and a
+    ``metrics.jsonl`` row (a stage without it is checkpointed once, when it ends).
+    ``seed_offset``: epoch e draws its batch order from ``default_rng([seed, seed_offset + e])``.
+    """
+
+    name: str
+    epochs: str = "epochs"
+    validate: bool = True
+    seed_offset: int = 0
+
+
+class Batches(Protocol):
+    """What a stage trains on: a fixed number of batches per epoch, in an order drawn from ``rng``
+    (``xmr.data.pairs.PairData`` is one)."""
+
+    def n_train_batches(self, batch_size: int) -> int: ...
+
+    def train_batches(self, batch_size: int, rng: np.random.Generator) -> Iterator[dict]: ...
+
+
 class RetrievalModel(nn.Module):
     name: ClassVar[str] = ""
     inputs: ClassVar[Inputs] = Inputs()
@@ -46,6 +91,18 @@ class RetrievalModel(nn.Module):
     metric: ClassVar[str] = "ip"  # "ip" | "l2": how embed() vectors are compared
     # (images, captions) scored per similarity() call in evaluation; pairwise models use smaller blocks.
     score_block: ClassVar[tuple[int, int]] = (256, 8192)
+    learns_from: ClassVar[str] = "pairs"  # "pairs" | "labels" (module docstring)
+    data_facts: ClassVar[tuple[str, ...]] = ("vocab_size", "image_dim")  # a subset of DATA_FACTS
+    stages: ClassVar[tuple[Stage, ...]] = (Stage("train"),)
+    has_attention_maps: ClassVar[bool] = False
+    # Recipe defaults of this model's own (e.g. its stages' epoch keys), under the preset's.
+    recipe_defaults: ClassVar[dict[str, Any]] = {}
+
+    @classmethod
+    def word_vector_dim(cls, **model_kwargs: Any) -> int | None:
+        """The width of the pretrained word vectors a model built with these arguments takes as
+        ``word_init`` (GloVe or Skip-Gram rows aligned with the vocabulary); None: it takes none."""
+        return None
 
     @classmethod
     def inputs_for(cls, **model_kwargs: Any) -> Inputs:
@@ -95,6 +152,17 @@ class RetrievalModel(nn.Module):
     def loss(self, img: Reps, txt: Reps, batch: dict) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def attention_maps(self, img: Reps, txt: Reps) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attention weights (P, regions) and (P, words) of aligned pairs, for pictures; only for a
+        model with ``has_attention_maps`` (JGCAR)."""
+        raise NotImplementedError(f"model {self.name!r} has no attention maps")
+
+    def encode_modality(self, modality: str, x: torch.Tensor) -> Reps:
+        """A label model's parts of items of one modality from their features (N, D): ``emb`` is
+        what label retrieval compares (``xmr/eval/labelled.py``)."""
+        raise NotImplementedError(f"model {self.name!r} does not encode labelled modalities")
+
+    # ------------------------------------------------------------------ training
     def on_epoch_start(self, epoch: int) -> None:
         """Hook for schedules that live in the model (e.g. VSE++'s switch to hardest negatives)."""
 
@@ -102,6 +170,39 @@ class RetrievalModel(nn.Module):
         """The trainable parameters as optimiser groups; a group's ``lr_scale`` multiplies the
         recipe's learning rate (e.g. a fine-tuned CNN tail trained slower than the new layers)."""
         return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
+    def start_stage(self, stage: Stage) -> None:
+        """Called before a stage's optimisers are built, also when a run resumes inside it (e.g.
+        CMMN freezes its pre-networks for the joint stage)."""
+
+    def stage_batches(self, stage: Stage, data: Any) -> Batches:
+        """What ``stage`` trains on, from the training data (``PairData`` for pair models, a
+        ``LabelledSet`` for label models). Default: the pair data itself."""
+        return data
+
+    def stage_loss(self, stage: Stage, batch: dict, encode: Callable[[dict], tuple[Reps, Reps]]) -> dict:
+        """The loss of one batch of ``stage``: ``"loss"`` plus terms worth logging. ``encode``
+        gives both sides' parts of a pair batch (all-gathered under torchrun). Default:
+        ``loss`` on the encoded pairs."""
+        img, txt = encode(batch)
+        return self.loss(img, txt, batch)
+
+    def build_optimizers(self, stage: Stage, recipe: dict) -> list[torch.optim.Optimizer]:
+        """The optimisers of ``stage``. Default: the recipe's ``optimizer`` over ``param_groups``,
+        each group at the recipe's learning rate times its ``lr_scale``."""
+        groups = [{**{k: v for k, v in g.items() if k != "lr_scale"}, "lr": recipe["lr"] * g.get("lr_scale", 1.0)}
+                  for g in self.param_groups()]
+        return [make_optimizer(recipe["optimizer"], groups, recipe)]
+
+    def end_stage(self, stage: Stage, data: Any, seed: int) -> dict:
+        """Called once when ``stage`` has run its epochs; returns facts to record in the run's
+        last checkpoint (e.g. CMMN's pre-network accuracy, after selecting its memory)."""
+        return {}
+
+    def learned_kwargs(self) -> dict:
+        """Constructor arguments that training settles (CMMN's memory sizes), saved with the
+        checkpoint's ``model_kwargs`` so that a loaded model has the trained shapes."""
+        return {}
 
 
 @dataclass
@@ -151,5 +252,8 @@ def get_preset(name: str, preset: str) -> Preset:
 
 
 def create_model(name: str, **kwargs: Any) -> RetrievalModel:
-    """Build a registered model; ``kwargs`` are its constructor arguments (preset plus data facts)."""
-    return get_entry(name).cls(**kwargs)
+    """Build a registered model; ``kwargs`` are its constructor arguments (preset plus data facts).
+    Data facts the model does not declare are left out: checkpoints written before models
+    declared them carry ``vocab_size`` and ``image_dim`` for every model."""
+    cls = get_entry(name).cls
+    return cls(**{k: v for k, v in kwargs.items() if k not in DATA_FACTS or k in cls.data_facts})

@@ -19,12 +19,17 @@ CMMN learns from class labels of any number of modalities (no image-sentence pai
   Multi-label targets are the label set normalised to sum 1 (the softmax cross-entropy of Eq. 3).
 
 Retrieval is Euclidean on ``h`` (CMMN_real-value) or Hamming on ``b`` (CMMN_bin); for aligned
-pairs ``fused_codes`` gives the COCO experiment's ``b = (h_img + h_txt > 1)``.
+pairs ``xmr.eval.labelled.fused_codes`` gives the COCO experiment's ``b = (h_img + h_txt > 1)``.
 
 The model also implements xmr's pair interface for Flickr8k-style data (modalities ``image`` =
-pooled CNN features, ``text`` = the mean of frozen MiniLM token states, ``sentence_vectors``), so
-``xmr eval``, ``xmr index`` and ``xmr serve`` work on a CMMN run. Training goes through
-``xmr cmmn train`` (xmr/train_labelled.py), not the pair loop.
+pooled CNN features, ``text`` = the mean of frozen MiniLM token states,
+``xmr.features.text.sentence_vectors``), so ``xmr index`` and ``xmr serve`` work on a CMMN run
+(and ``xmr eval --protocol pairs`` gives R@K).
+
+Training (``xmr train --model cmmn``) runs two stages (``CMMN.stages``): the pre-networks on each
+modality's training split, then, once memory generation has filled the memories from the frozen
+pre-networks, the memory network on queries drawn from every modality (``_Queries``), validated
+by dev mean mAP each epoch.
 """
 from __future__ import annotations
 
@@ -33,9 +38,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xmr.models.base import Inputs, Preset, RetrievalModel, Reps, register
+from xmr.models.base import Inputs, Preset, RetrievalModel, Reps, Stage, register
+from xmr.features.text import sentence_vectors
+from xmr.optim import make_optimizer
 
-# Model keys and the label-based trainer's recipe (xmr/train_labelled.py reads ``train``).
+# Model keys and the training recipe (``train``; its pre_epochs and pre_lr are the pre-network stage's).
 PRESETS = {
     # Sec. 4.1: fc7 4096, lambda 0.001, k = 10, std-0.1 Gaussian init, SGD lr 0.01, batch 32,
     # 200 epochs. The paper does not give V or the Fc1 width; 1024 here.
@@ -62,12 +69,6 @@ PRESETS = {
 }
 
 MEMORY_INIT = ("topk", "random", "kmeans")
-
-
-def sentence_vectors(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """A caption's text-modality feature: the mean of its frozen MiniLM token states (N, T, 384)."""
-    mask = mask.to(states.dtype).unsqueeze(-1)
-    return (states * mask).sum(1) / mask.sum(1).clamp(min=1)
 
 
 def jacobian_penalty(h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -120,21 +121,65 @@ def select_memory(features: np.ndarray, labels: np.ndarray, probs: np.ndarray | 
     return np.concatenate(vectors), np.concatenate(classes).astype(np.int64)
 
 
-def fused_codes(*h: torch.Tensor) -> torch.Tensor:
-    """The COCO experiment's code of an aligned item from its modalities' h: ``b = (h_a + h_b > 1)``
-    for two, ``sum_m h_m > M / 2`` for M."""
-    return (torch.stack(h).sum(0) > len(h) / 2).to(torch.uint8)
+def soft_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Eq. 3's softmax cross-entropy against ``soft_targets(labels)``, batch mean."""
+    return -(soft_targets(labels) * F.log_softmax(logits, -1)).sum(1).mean()
+
+
+def _batches(n: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    order = rng.permutation(n)
+    return [order[s:s + batch_size] for s in range(0, n, batch_size)]
+
+
+class _PerModality:
+    """The pre-network stage's batches: each modality's training split in turn, shuffled."""
+
+    def __init__(self, data):
+        self.splits = {m: data.split(m, "train") for m in data.modalities}
+
+    def n_train_batches(self, batch_size: int) -> int:
+        return sum(-(-len(x) // batch_size) for x, _ in self.splits.values())
+
+    def train_batches(self, batch_size: int, rng: np.random.Generator):
+        for m, (x, y) in self.splits.items():
+            for idx in _batches(len(x), batch_size, rng):
+                yield {"modality": m, "x": torch.from_numpy(x[idx]), "labels": torch.from_numpy(y[idx])}
+
+
+class _Queries:
+    """The joint stage's batches: the frozen pre-networks' features q of every modality's training
+    items, computed once; a batch mixes queries of every modality."""
+
+    def __init__(self, q: dict[str, np.ndarray], y: dict[str, np.ndarray]):
+        self.q, self.y, self.modalities = q, y, list(q)
+        self.mods = np.concatenate([np.full(len(q[m]), j) for j, m in enumerate(self.modalities)])
+        self.rows = np.concatenate([np.arange(len(q[m])) for m in self.modalities])
+
+    def n_train_batches(self, batch_size: int) -> int:
+        return -(-len(self.rows) // batch_size)
+
+    def train_batches(self, batch_size: int, rng: np.random.Generator):
+        for idx in _batches(len(self.rows), batch_size, rng):
+            # Each modality's rows of the batch are gathered together.
+            parts = [(m, self.rows[idx][self.mods[idx] == j]) for j, m in enumerate(self.modalities)]
+            yield {"q": torch.cat([torch.from_numpy(self.q[m][r]) for m, r in parts]),
+                   "labels": torch.cat([torch.from_numpy(self.y[m][r]) for m, r in parts])}
 
 
 @register("cmmn", presets=PRESETS)
 class CMMN(RetrievalModel):
     inputs = Inputs(image="pooled", text=("tokens", "bert"))
     metric = "l2"
+    learns_from = "labels"
+    data_facts = ("modalities", "n_classes")
+    stages = (Stage("pre-networks", epochs="pre_epochs", validate=False, seed_offset=1000), Stage("joint"))
+    # No gradient clipping unless a preset asks for it.
+    recipe_defaults = dict(pre_epochs=15, pre_lr=1e-3, grad_clip=0.0)
 
     def __init__(self, modalities: dict[str, int], n_classes: int, memory_sizes: dict[str, int] | None = None,
                  hidden: int = 512, embed_dim: int = 256, fusion_dim: int = 256, bits: int = 64,
                  memory_per_class: int = 10, memory_init: str = "topk", jacobian: float = 1e-3,
-                 init_std: float = 0.0, dropout: float = 0.5, vocab_size: int = 0, image_dim: int = 0):
+                 init_std: float = 0.0, dropout: float = 0.5):
         super().__init__()
         if len(modalities) < 2:
             raise ValueError(f"CMMN needs at least two modalities, got {list(modalities)}")
@@ -204,16 +249,15 @@ class CMMN(RetrievalModel):
         reps["emb"] = torch.sigmoid(self.hash(reps["r"]))
         return reps
 
-    def encode(self, modality: str, x: torch.Tensor) -> Reps:
+    def encode_modality(self, modality: str, x: torch.Tensor) -> Reps:
         return self.code(self.pre_features(modality, x))
 
     def label_loss(self, reps: Reps, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """Eq. 5 (+ Eq. 3 for every context vector), batch means."""
-        target = soft_targets(labels)
         h = reps["emb"]
-        out = {"cls": -(target * F.log_softmax(self.head(h), -1)).sum(1).mean(),
+        out = {"cls": soft_cross_entropy(self.head(h), labels),
                "jacobian": jacobian_penalty(h, self.hash.weight).mean()}
-        ctx = [-(target * F.log_softmax(self.context_head[m](reps[f"context.{m}"]), -1)).sum(1).mean()
+        ctx = [soft_cross_entropy(self.context_head[m](reps[f"context.{m}"]), labels)
                for m in self.modalities if f"context.{m}" in reps]
         out["context"] = torch.stack(ctx).sum() if ctx else h.new_zeros(())
         out["loss"] = out["cls"] + self.jacobian * out["jacobian"] + out["context"]
@@ -223,12 +267,66 @@ class CMMN(RetrievalModel):
         """Hash codes ``b = (h > 0.5)`` as 0/1 uint8."""
         return (emb > 0.5).to(torch.uint8)
 
+    # Training: the stages of STAGES on a LabelledSet.
+    @torch.no_grad()
+    def pre_features_of(self, modality: str, x: np.ndarray, batch: int = 4096) -> np.ndarray:
+        """The frozen pre-network's features of the rows ``x`` (N, raw width), in eval mode."""
+        self.eval()
+        return np.concatenate([self.pre_features(modality, torch.from_numpy(x[i:i + batch])).numpy()
+                               for i in range(0, len(x), batch)]) if len(x) else np.zeros((0, 0), np.float32)
+
+    def start_stage(self, stage: Stage) -> None:
+        if stage.name == "joint":
+            self.freeze_prenets()
+
+    def stage_batches(self, stage: Stage, data) -> _PerModality | _Queries:
+        if stage.name == "pre-networks":
+            return _PerModality(data)
+        return _Queries({m: self.pre_features_of(m, data.split(m, "train")[0]) for m in self.modalities},
+                        {m: data.split(m, "train")[1] for m in self.modalities})
+
+    def stage_loss(self, stage: Stage, batch: dict, encode=None) -> dict[str, torch.Tensor]:
+        if stage.name == "pre-networks":
+            return {"loss": soft_cross_entropy(self.pre_logits(batch["modality"], batch["x"]), batch["labels"])}
+        return self.label_loss(self.code(batch["q"]), batch["labels"])
+
+    def build_optimizers(self, stage: Stage, recipe: dict) -> list[torch.optim.Optimizer]:
+        if stage.name == "pre-networks":
+            params = [p for m in self.modalities for p in [*self.prenet[m].parameters(), *self.pre_head[m].parameters()]]
+            return [make_optimizer(recipe["optimizer"], params, {**recipe, "lr": recipe["pre_lr"]})]
+        return [make_optimizer(recipe["optimizer"], [p for p in self.parameters() if p.requires_grad], recipe)]
+
+    def end_stage(self, stage: Stage, data, seed: int) -> dict:
+        """After the pre-networks: their train/dev accuracy per modality, then memory generation
+        (Eq. 6) from each modality's training features and discriminator probabilities."""
+        if stage.name != "pre-networks":
+            return {}
+        self.eval()
+        accuracy = {}
+        with torch.no_grad():
+            for m in self.modalities:
+                for s in ("train", "dev"):
+                    x, y = data.split(m, s)
+                    if len(x):
+                        pred = self.pre_logits(m, torch.from_numpy(x)).argmax(1).numpy()
+                        accuracy[f"{m}.{s}"] = float(y[np.arange(len(y)), pred].mean())
+        for m in self.modalities:
+            x, y = data.split(m, "train")
+            q = self.pre_features_of(m, x)
+            with torch.no_grad():
+                probs = torch.softmax(self.pre_head[m](torch.from_numpy(q)), -1).numpy()
+            self.set_memory(m, select_memory(q, y, probs, self.memory_per_class, self.memory_init, seed)[0])
+        return {"pre_accuracy": accuracy}
+
+    def learned_kwargs(self) -> dict:
+        return {"memory_sizes": self.memory_sizes}
+
     # xmr's pair interface (Flickr8k-style data: modalities "image" and "text").
     def encode_images(self, batch: dict) -> Reps:
-        return self.encode("image", batch["image"])
+        return self.encode_modality("image", batch["image"])
 
     def encode_texts(self, batch: dict) -> Reps:
-        return self.encode("text", sentence_vectors(batch["bert"].float(), batch["bert_mask"]))
+        return self.encode_modality("text", sentence_vectors(batch["bert"].float(), batch["bert_mask"]))
 
     def similarity(self, img: Reps, txt: Reps) -> torch.Tensor:
         """Negative squared Euclidean distance between the h of images and sentences."""
@@ -238,7 +336,8 @@ class CMMN(RetrievalModel):
         return -(img["emb"] - txt["emb"]).pow(2).sum(-1)
 
     def loss(self, img: Reps, txt: Reps, batch: dict) -> dict:
-        raise NotImplementedError("CMMN learns from class labels in stages: train it with `xmr cmmn train`")
+        raise NotImplementedError("CMMN learns from class labels in stages (stage_loss): train it with "
+                                  "`xmr train --model cmmn`")
 
     def _check_modality(self, modality: str) -> None:
         if modality not in self.prenet:

@@ -39,7 +39,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from xmr.losses import triplet_ranking_loss
-from xmr.models.base import Inputs, Preset, RetrievalModel, Reps, register
+from xmr.models.base import Inputs, Preset, RetrievalModel, Reps, Stage, register
+from xmr.optim import make_optimizer
 
 PRESETS = {
     # Sec. 3.1: 512-d word embeddings and hidden layers, d = 256, dropout 0.5, gamma 10, M' = 30,
@@ -152,6 +153,8 @@ class PhraseEncoder(nn.Module):
 class JGCAR(RetrievalModel):
     inputs = Inputs(image="regions", text=("tokens",), labels=True)
     pairwise = True
+    data_facts = ("vocab_size", "image_dim", "n_regions", "max_len")
+    has_attention_maps = True
     score_block = (16, 8192)
 
     def __init__(self, vocab_size: int, image_dim: int, n_regions: int = 49, max_len: int = 15,
@@ -184,13 +187,11 @@ class JGCAR(RetrievalModel):
         return [p for m in (self.w_b, self.w_v, self.w_s, self.w_hv, self.w_hs) for p in m.parameters()] + \
             [self.b_v, self.b_s]
 
-    def build_optimizers(self, recipe: dict) -> list[torch.optim.Optimizer]:
+    def build_optimizers(self, stage: Stage, recipe: dict) -> list[torch.optim.Optimizer]:
         """Sec. 3.1: SGD for the global representation (the encoders), RMSprop for the co-attention
         (``optimizer="sgd+rmsprop"``); any other optimizer name trains everything with that one."""
-        from xmr.train import make_optimizer
-
         if recipe["optimizer"] != "sgd+rmsprop":
-            return [make_optimizer(recipe["optimizer"], self.parameters(), recipe)]
+            return super().build_optimizers(stage, recipe)
         co = {id(p) for p in self.coattention_parameters()}
         return [make_optimizer("sgd", [p for p in self.parameters() if id(p) not in co], recipe),
                 make_optimizer("rmsprop", self.coattention_parameters(), recipe)]

@@ -176,16 +176,16 @@ def _trim(words: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.
 class MMCA(RetrievalModel):
     inputs = Inputs(image="regions", text=("tokens", "bert"))
     pairwise = True
+    data_facts = ("image_dim",)  # the text side reads frozen BERT states, no vocabulary
     # Evaluation scores 16 images x 8192 captions per similarity() call (each call runs in
     # pair_chunk pieces); small image blocks keep evaluation's diagonal pre-pass cheap.
     score_block = (16, 8192)
 
-    def __init__(self, vocab_size: int, image_dim: int, d: int = 256, heads: int = 16,
+    def __init__(self, image_dim: int, d: int = 256, heads: int = 16,
                  ff_dim: int | None = None, filters: int = 256, alpha: float = 0.2,
                  margin: float = 0.2, dropout: float = 0.1, bert_dim: int = 384,
                  pair_chunk: int = 1024, grad_checkpoint: bool = False):
-        """``vocab_size`` is unused (the text side reads frozen BERT states); ``ff_dim`` defaults to
-        ``d`` (Eq. 4); ``pair_chunk`` bounds the pairs per cross-attention pass; with
+        """``ff_dim`` defaults to ``d`` (Eq. 4); ``pair_chunk`` bounds the pairs per cross-attention pass; with
         ``grad_checkpoint`` each training chunk's activations are recomputed in backward, so
         training memory is that of one chunk rather than of all B x B pairs."""
         super().__init__()

@@ -268,6 +268,11 @@ class LiteTrunk(nn.Module):
 class Revisiting(RetrievalModel):
     inputs = Inputs(image="pixels", text=("tokens",), pixels=128)
     metric = "l2"
+    data_facts = ("vocab_size", "n_train_images")  # pixels in, no feature width
+
+    @classmethod
+    def word_vector_dim(cls, word_dim: int = 50, **_) -> int:
+        return word_dim
 
     @classmethod
     def inputs_for(cls, **model_kwargs: Any) -> Inputs:
@@ -277,8 +282,7 @@ class Revisiting(RetrievalModel):
                  word_dim: int = 50, word_init: np.ndarray | torch.Tensor | None = None, pretrained: bool = True,
                  freeze_blocks: int = 0, config: str = "standard", center_weight: float = 0.01,
                  center_alpha: float = 0.5, text_clip: float = 0.3, text_cell: int | None = None,
-                 text_gap: int | None = None, text_margin: int | None = None, trace_frozen: bool = True,
-                 image_dim: int = 0):
+                 text_gap: int | None = None, text_margin: int | None = None, trace_frozen: bool = True):
         super().__init__()
         if resolution < 32 or resolution % 32:
             raise ValueError(f"resolution must be a multiple of 32 (Lite0's stride), got {resolution}")

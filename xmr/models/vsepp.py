@@ -15,8 +15,8 @@ import numpy as np
 import torch.nn.functional as F
 from torch import nn
 
-from xmr.losses import triplet_ranking_loss
 from xmr.backbones import FEATURE_DIM
+from xmr.losses import ViolationWarmup, triplet_ranking_loss
 from xmr.features.text import BERT_DIM
 from xmr.models.base import Inputs, Preset, RetrievalModel, Reps, register
 from xmr.models.image_tail import ImageTail
@@ -58,6 +58,7 @@ PRESETS = {
 
 @register("vsepp", presets=PRESETS)
 class VSEPP(RetrievalModel):
+    data_facts = ("vocab_size", "image_dim", "backbone")  # backbone: the CNN whose trunk it may fine-tune
     inputs = Inputs(image="pooled", text=("tokens",))
 
     def __init__(self, vocab_size: int, image_dim: int, embed_dim: int = 1024, word_dim: int = 300,
@@ -82,8 +83,7 @@ class VSEPP(RetrievalModel):
             self.text = GRUEncoder(None, BERT_DIM, embed_dim, bidirectional, dropout=dropout)
         else:
             self.text = GRUEncoder(vocab_size, word_dim, embed_dim, bidirectional, word_init, dropout=dropout)
-        self.margin, self.warmup_epochs = margin, warmup_epochs
-        self.max_violation = warmup_epochs == 0
+        self.margin, self.warmup = margin, ViolationWarmup(warmup_epochs)
 
     def encode_images(self, batch: dict) -> Reps:
         feats = batch["image"]
@@ -100,6 +100,10 @@ class VSEPP(RetrievalModel):
         rest = [p for p in self.parameters() if p.requires_grad and id(p) not in tail]
         return [{"params": rest},
                 {"params": [p for p in self.tail.parameters() if p.requires_grad], "lr_scale": self.tail_lr_scale}]
+
+    @classmethod
+    def word_vector_dim(cls, word_dim: int = 300, text_input: str = "words", **_) -> int | None:
+        return word_dim if text_input == "words" else None
 
     @classmethod
     def inputs_for(cls, text_input: str = "words", image_input: str = "pooled", **_) -> Inputs:
@@ -119,8 +123,8 @@ class VSEPP(RetrievalModel):
 
     def loss(self, img: Reps, txt: Reps, batch: dict) -> dict:
         scores = self.similarity(img, txt)
-        loss = triplet_ranking_loss(scores, self.margin, self.max_violation, batch.get("same_image"))
+        loss = triplet_ranking_loss(scores, self.margin, self.warmup.max_violation, batch.get("same_image"))
         return {"loss": loss}
 
     def on_epoch_start(self, epoch: int) -> None:
-        self.max_violation = epoch >= self.warmup_epochs
+        self.warmup.on_epoch_start(epoch)

@@ -242,7 +242,7 @@ class Searcher:
     @torch.no_grad()
     def attention(self, image_id: str, query: str) -> dict | None:
         """The model's attention over the image's grid cells for a sentence, if it has one."""
-        if not hasattr(self.model, "attention_maps"):
+        if not self.model.has_attention_maps:
             return None
         i = self.image_index(image_id)
         query = self.check_query(query)

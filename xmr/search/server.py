@@ -44,7 +44,7 @@ def create_app(searcher: Searcher) -> FastAPI:
     def health() -> dict:
         m = searcher.meta
         return {"status": "ok", "model": m["model"], "pairwise": m["pairwise"], "collection": m["collection"],
-                "counts": m["counts"], "attention": hasattr(searcher.model, "attention_maps"),
+                "counts": m["counts"], "attention": searcher.model.has_attention_maps,
                 "metric": m.get("metric", "ip"), "binary_bits": m.get("binary_bits"),
                 "limits": {"k": [1, MAX_K], "query_chars": MAX_QUERY_CHARS, "upload_bytes": MAX_UPLOAD_BYTES}}
 
