@@ -267,6 +267,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                    disable=not (cfg.progress and ctx.main))
         for step, batch in enumerate(bar, done + 1):
             parts = batch_loss(engine, model, batch, ctx)
+            check_finite_loss(parts, epoch, step, cfg)
             for opt in optimizers:
                 opt.zero_grad(set_to_none=True)
             parts["loss"].backward()
@@ -296,7 +297,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             print(f"epoch {epoch + 1}: loss {row['train_loss']:.4f}  dev rsum {dev['rsum']:.1f}  "
                   f"i2t R@1 {dev['i2t']['r1']:.1f}  t2i R@1 {dev['t2i']['r1']:.1f}  ({train_seconds:.0f}s)",
                   flush=True)
-            if dev["rsum"] > best["rsum"]:
+            if dev.get("non_finite") or not np.isfinite(dev["rsum"]):  # never a best epoch
+                print(f"epoch {epoch + 1}: dev scores are not finite; not kept as best", flush=True)
+            elif dev["rsum"] > best["rsum"]:
                 best = {k: v for k, v in dev.items() if k != "ranks"} | {"epoch": epoch}
                 checkpoint.save(out / "best", model, {**meta_base, "epoch": epoch, "dev": best})
             checkpoint.save(out / "last", model, {**meta_base, "epoch": epoch, "best": best}, optimizers)
@@ -306,6 +309,16 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     if ctx.main and "i2t" in best:
         print(f"best dev epoch {best.get('epoch', -1) + 1}:\n{format_table(best)}", flush=True)
     return best
+
+
+def check_finite_loss(parts: dict, epoch: int, step: int, cfg: TrainConfig) -> None:
+    """Stop with a clear error when the loss is NaN or inf (before it reaches the weights)."""
+    if not torch.isfinite(parts["loss"].detach()).all():
+        from xmr.errors import TrainingError
+
+        raise TrainingError(f"training loss is {parts['loss'].item()} at epoch {epoch + 1}, step {step}; "
+                            f"stopping ({cfg.out}/best is the last good dev epoch). Check the features "
+                            "(NaN/empty rows) or lower --set lr")
 
 
 def load_trained(run: str | Path, which: str = "best") -> tuple[RetrievalModel, Vocab, dict]:
