@@ -26,6 +26,7 @@ from PIL import Image
 
 from xmr.data.base import DataError, Split
 from xmr.data.images import to_tensor_array
+from xmr.features.fingerprint import image_key, matches, stale, write_key
 
 FEATURE_DIM = 1280
 
@@ -102,6 +103,20 @@ def skipped_images(out: str | Path, split: str) -> list[dict]:
     return json.loads(path.read_text()) if path.is_file() else []
 
 
+def _legacy_match(out: Path, split: Split, key: str) -> bool:
+    """A cache written before content keys: accept it when its stored image ids are the split's,
+    in order (and record the key, so the next check is exact)."""
+    from xmr.features.fingerprint import key_file
+
+    ids_file = feature_dirs(out)[1] / f"{split.name}_ids.txt"
+    if key_file(out / split.name).is_file() or not ids_file.is_file():
+        return False
+    if ids_file.read_text(encoding="utf-8").splitlines() != list(split.image_ids):
+        return False
+    write_key(out / split.name, key, images=split.n_images, legacy=True)
+    return True
+
+
 def extract_split(split: Split, out: str | Path, extractor: str = "efficientnet-lite0-224",
                   batch_size: int = 32, progress: bool = True, on_bad_input: str = "fail") -> dict:
     """Extract (or resume, or reuse) the features of one split. Returns throughput stats.
@@ -116,16 +131,23 @@ def extract_split(split: Split, out: str | Path, extractor: str = "efficientnet-
     out = Path(out)
     grid_dir, pooled_dir = feature_dirs(out)
     name = split.name
+    key = image_key(split, extractor)
     if is_complete(out, name):
-        return {"split": name, "images": split.n_images, "reused": True,
-                "skipped": len(skipped_images(out, name))}
+        if matches(out / name, key) or _legacy_match(out, split, key):
+            return {"split": name, "images": split.n_images, "reused": True,
+                    "skipped": len(skipped_images(out, name))}
+        stale(out / name, "features")  # the split changed since: extract again
+        for d in (grid_dir, pooled_dir):
+            (d / f"{name}_ims.npy").unlink(missing_ok=True)
+        (out / f"{name}.skipped.json").unlink(missing_ok=True)
     for d in (grid_dir, pooled_dir):
         d.mkdir(parents=True, exist_ok=True)
     n, r = split.n_images, spec.grid * spec.grid
     grid_tmp, pooled_tmp = grid_dir / f"{name}_ims.npy.partial", pooled_dir / f"{name}_ims.npy.partial"
     state_file = out / f"{name}.progress.json"
     state = json.loads(state_file.read_text()) if state_file.is_file() else {}
-    resume = state.get("n") == n and state.get("extractor") == extractor and grid_tmp.is_file()
+    resume = (state.get("n") == n and state.get("extractor") == extractor and state.get("key") == key
+              and grid_tmp.is_file())
     mode = "r+" if resume else "w+"
     grid = np.lib.format.open_memmap(grid_tmp, mode=mode, dtype=np.float16, shape=(n, r, FEATURE_DIM))
     pooled = np.lib.format.open_memmap(pooled_tmp, mode=mode, dtype=np.float16, shape=(n, FEATURE_DIM))
@@ -153,7 +175,7 @@ def extract_split(split: Split, out: str | Path, extractor: str = "efficientnet-
         pooled[s: s + len(idx)] = regions.mean(1).numpy().astype(np.float16)
         grid.flush()
         pooled.flush()
-        state = {"n": n, "extractor": extractor, "done": s + len(idx), "skipped": skipped}
+        state = {"n": n, "extractor": extractor, "key": key, "done": s + len(idx), "skipped": skipped}
         state_file.write_text(json.dumps(state))
         bar.update(len(idx))
     bar.close()
@@ -165,6 +187,9 @@ def extract_split(split: Split, out: str | Path, extractor: str = "efficientnet-
         os.replace(tmp, d / f"{name}_ims.npy")
     if skipped:
         (out / f"{name}.skipped.json").write_text(json.dumps(skipped, indent=1))
+    else:
+        (out / f"{name}.skipped.json").unlink(missing_ok=True)
+    write_key(out / name, key, images=n, extractor=extractor)
     state_file.unlink(missing_ok=True)
     (out / "extractor.json").write_text(json.dumps({"extractor": extractor, "feature_dim": FEATURE_DIM,
                                                     "grid": spec.grid}))
