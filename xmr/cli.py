@@ -18,8 +18,11 @@ EXAMPLES = """examples:
   xmr index build runs/vsepp-f8k --data flickr8k --split test --out runs/f8k-index
   xmr search runs/f8k-index "a dog runs on the beach"      # or: --image photo.jpg
   xmr serve runs/f8k-index                                 # API + search page on 127.0.0.1:8000
-dataset specs: synthetic | flickr8k[:PATH] | karpathy:JSON,images=DIR | coco:DIR,images=DIR |
-               precomputed:DIR   (options after commas, e.g. synthetic,seed=1,n_train=500)
+dataset specs: synthetic | flickr8k[:PATH] | karpathy:JSON[,images=DIR] |
+               coco:DIR_OR_captions_NAME.json[,images=DIR] | precomputed:DIR
+               (options after commas, e.g. synthetic,seed=1,n_train=500; any kind: captions_per_image=5)
+               coco: DIR holds captions_{train,val}2017.json (or annotations/ under it); images=DIR is
+               one image folder or one with train2017/ val2017/; dev and test are both the val file
 """
 
 
@@ -43,13 +46,57 @@ def _overrides(pairs: list[str]) -> dict:
 def cmd_data(args) -> int:
     from xmr.data import open_split
 
+    opened, bad = [], 0
     for split in args.splits:
         s = open_split(args.data, split)
         labels = f", {s.labels.shape[1]} label classes" if s.labels is not None else ""
         print(f"{split}: {s.n_images} images, {len(s.captions)} captions ({s.captions_per_image}/image){labels}")
         for c in s.captions[: args.show]:
             print(f"   {c}")
-    return 0
+        if not args.no_images:
+            bad += _check_images(s)
+        opened.append(s)
+    _check_split_overlap(opened)
+    return 1 if bad else 0
+
+
+def _check_images(split) -> int:
+    """Open (decode) every image file of a split; print each unreadable one; return their count."""
+    from xmr.data.base import DataError
+
+    if split.image_paths is None:
+        return 0  # precomputed features or generated images
+    bad = []
+    for i in range(split.n_images):
+        try:
+            split.load_image(i)
+        except DataError as e:
+            bad.append(str(e))
+    for message in bad[:5]:
+        print(f"xmr: error: {message}", file=sys.stderr)
+    if bad:
+        print(f"xmr: error: {split.name}: {len(bad)} of {split.n_images} images cannot be read"
+              f"{' (first 5 shown)' if len(bad) > 5 else ''}; fix them or use --on-bad-input skip when "
+              "extracting features", file=sys.stderr)
+    else:
+        print(f"   all {split.n_images} images open")
+    return len(bad)
+
+
+def _check_split_overlap(splits) -> None:
+    """Training images must not be in dev or test (refused); dev == test is warned about."""
+    from xmr.data.base import DataError, check_disjoint
+
+    by_name = {s.name: s for s in splits}
+    train = by_name.get("train")
+    for other in ("dev", "test"):
+        if train is not None and other in by_name:
+            check_disjoint(train, by_name[other])
+    if "dev" in by_name and "test" in by_name:
+        try:
+            check_disjoint(by_name["dev"], by_name["test"])
+        except DataError as e:
+            print(f"warning: {e} (model selection on dev then sees the test images)", file=sys.stderr)
 
 
 def cmd_features(args) -> int:
@@ -223,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("data", help="dataset spec, e.g. flickr8k or synthetic")
     d.add_argument("--splits", nargs="+", default=["train", "dev", "test"])
     d.add_argument("--show", type=int, default=3, help="captions to print per split")
+    d.add_argument("--no-images", action="store_true", help="do not open (decode) every image file")
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--cache", default="runs/cache", help="feature cache folder (default runs/cache)")

@@ -210,6 +210,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     if not ctx.main:  # rank 0 extracts features into the cache first; the others then read them
         distributed.barrier(ctx)
     train_data, dev_data = load("train"), load("dev")
+    check_train_dev(train_data, dev_data)
     if ctx.main:
         distributed.barrier(ctx)
     if recipe["dev_images"]:  # pairwise models may validate on the first N dev images only
@@ -309,6 +310,20 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     if ctx.main and "i2t" in best:
         print(f"best dev epoch {best.get('epoch', -1) + 1}:\n{format_table(best)}", flush=True)
     return best
+
+
+def check_train_dev(train_data: PairData, dev_data: PairData) -> None:
+    """Refuse an empty split, train/dev images in common, and feature widths that differ."""
+    from xmr.data.base import DataError, check_disjoint
+
+    for name, d in (("train", train_data), ("dev", dev_data)):
+        if d.n_images == 0:
+            raise DataError(f"the {name} split is empty (0 images); training needs images in train and dev")
+    check_disjoint(train_data.split, dev_data.split)
+    a, b = train_data.features.shape[1:], dev_data.features.shape[1:]
+    if train_data.features.ndim == dev_data.features.ndim and a[-1] != b[-1]:
+        raise DataError(f"train features are {a[-1]}-d but dev features {b[-1]}-d; both splits must come "
+                        "from the same extractor")
 
 
 def check_finite_loss(parts: dict, epoch: int, step: int, cfg: TrainConfig) -> None:
