@@ -54,12 +54,28 @@ def read_meta(stem: str | Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint metadata not found")
     try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from e
+        meta = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e}); the checkpoint is damaged, train again") from e
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: not an xmr checkpoint (a JSON {type(meta).__name__}, expected an object)")
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an xmr checkpoint (format {meta.get('format')!r}, want {FORMAT!r})")
     return meta
+
+
+def read_tensors(stem: Path) -> dict:
+    """The checkpoint's tensors; a missing, empty, truncated or garbage file is a CheckpointError."""
+    path = stem.with_suffix(".safetensors")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint weights not found")
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises its own SafetensorError (not an OSError)
+        size = path.stat().st_size
+        raise CheckpointError(f"{path}: unreadable safetensors file ({size} bytes: "
+                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}); the checkpoint is "
+                              "damaged (truncated?), train again or use the other checkpoint") from None
 
 
 def load(stem: str | Path, model: torch.nn.Module,
@@ -69,7 +85,7 @@ def load(stem: str | Path, model: torch.nn.Module,
     meta = read_meta(stem)
     if meta.get("model") != getattr(model, "name", None):
         raise CheckpointError(f"{stem}: checkpoint is for model {meta.get('model')!r}, not {model.name!r}")
-    tensors = load_file(str(stem.with_suffix(".safetensors")))
+    tensors = read_tensors(stem)
     state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
@@ -86,7 +102,10 @@ def load(stem: str | Path, model: torch.nn.Module,
             if key.startswith(prefix):
                 pid, name = key[len(prefix):].split(".", 1)
                 per_param.setdefault(int(pid), {})[name] = value
-        opt.load_state_dict({"state": per_param, "param_groups": groups})
+        try:
+            opt.load_state_dict({"state": per_param, "param_groups": groups})
+        except (ValueError, KeyError, IndexError, TypeError) as e:
+            raise CheckpointError(f"{stem}: optimiser state does not fit ({e})") from None
     if optimizers is not None and "rng.torch" in tensors:
         torch.set_rng_state(tensors["rng.torch"])
     return meta

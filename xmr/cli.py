@@ -128,8 +128,32 @@ def _train_config(args):
 def cmd_train(args) -> int:
     from xmr.train import train
 
+    _check_resume(args)
+    args.model, args.data, args.seed = (args.model or "vsepp", args.data or "synthetic",
+                                        0 if args.seed is None else args.seed)
     train(_train_config(args), resume=args.resume)
     return 0
+
+
+def _check_resume(args) -> None:
+    """``--resume`` continues the run in --out with its own settings: a --data, --model or --seed
+    given now that differs from the saved one is refused, not silently ignored."""
+    from xmr.errors import TrainingError
+
+    saved_file = Path(args.out) / "config.json"
+    if not (args.resume and (Path(args.out) / "last.json").is_file() and saved_file.is_file()):
+        return
+    try:
+        saved = json.loads(saved_file.read_text(encoding="utf-8-sig"))
+    except ValueError as e:
+        raise TrainingError(f"{saved_file}: not valid JSON ({e}); cannot resume this run") from None
+    if not isinstance(saved, dict):
+        raise TrainingError(f"{saved_file}: not a run config (a JSON {type(saved).__name__}); cannot resume")
+    for key in ("data", "model", "seed"):
+        given = getattr(args, key)
+        if given is not None and key in saved and given != saved[key]:
+            raise TrainingError(f"--resume: {args.out} was trained with --{key} {saved[key]}, not {given}; "
+                                f"drop --{key} to continue it, or train a new run with another --out")
 
 
 def cmd_eval(args) -> int:
@@ -137,9 +161,12 @@ def cmd_eval(args) -> int:
     from xmr.features.store import pair_data
     from xmr.train import load_trained
 
+    if args.folds < 1:
+        raise SystemExit(f"xmr eval: --folds {args.folds}: need a whole number >= 1 (5 for COCO 1K)")
     model, vocab, meta = load_trained(args.run, args.checkpoint)
     data = pair_data(args.data or meta["data"], args.split, model.inputs, vocab, meta["max_len"],
                      meta["extractor"], Path(args.cache), on_bad_input=args.on_bad_input)
+    _check_width(meta, data, args)
     if args.no_exhaustive and not args.two_step:
         raise SystemExit("xmr eval: --no-exhaustive needs --two-step K")
     if args.kshot and (args.no_exhaustive or args.folds != 1):
@@ -179,6 +206,17 @@ def cmd_eval(args) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=1))
     return 0
+
+
+def _check_width(meta: dict, data, args) -> None:
+    """The run's image feature width must be the data's (another extractor or dataset otherwise)."""
+    from xmr.data.base import DataError
+
+    want = meta.get("model_kwargs", {}).get("image_dim")
+    if want is not None and data.features.dtype.kind == "f" and data.features.shape[-1] != want:
+        raise DataError(f"{args.run} was trained on {want}-d image features but {args.data or meta['data']} "
+                        f"split {args.split!r} has {data.features.shape[-1]}-d ones; evaluate it on data from "
+                        "the same extractor")
 
 
 def cmd_cmmn(args) -> int:
@@ -291,14 +329,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = add("train", "Train a model: dev validation each epoch, best checkpoint kept.", cmd_train)
     t._add_container_actions(common)
-    t.add_argument("--model", default="vsepp", choices=model_names())
+    t.add_argument("--model", default=None, choices=model_names(), help="default vsepp")
     presets = "; ".join(f"{m}: {', '.join(get_entry(m).presets)}" for m in model_names())
     t.add_argument("--preset", default="tiny", help=f"named setting of the model ({presets}); 'paper' is "
                    "the paper's, 'cpu' trains on 2 cores, 'tiny' is for synthetic data")
-    t.add_argument("--data", default="synthetic", help="dataset spec")
+    t.add_argument("--data", default=None, help="dataset spec (default synthetic)")
     t.add_argument("--extractor", default="efficientnet-lite0-224", help="image features (see xmr features)")
     t.add_argument("--out", default="runs/train", help="run folder (checkpoints, metrics, curve)")
-    t.add_argument("--seed", type=int, default=0, help="seeds weights and batch order")
+    t.add_argument("--seed", type=int, default=None, help="seeds weights and batch order (default 0)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a preset value, e.g. --set epochs=5 --set embed_dim=256")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch (its saved settings, plus any --set)")
@@ -389,9 +427,22 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         return args.fn(args)
-    except (DataError, CheckpointError, KeyError, ValueError, FileNotFoundError) as e:
-        print(f"xmr: error: {e}", file=sys.stderr)
+    except (DataError, CheckpointError, KeyError, ValueError, OSError) as e:
+        print(f"xmr: error: {one_line(e)}", file=sys.stderr)
         return 2
+
+
+def one_line(e: BaseException) -> str:
+    """The error as one line: a KeyError's message without its quotes, an OSError with its file."""
+    if isinstance(e, KeyError):
+        text = str(e.args[0]) if e.args else "missing key"
+        if e.args and len(text.split()) == 1:  # a bare key: say what it is
+            text = f"missing field {text!r}"
+    elif isinstance(e, OSError) and e.filename:
+        text = f"{e.filename}: {e.strerror or e}"
+    else:
+        text = str(e)
+    return " ".join(text.split()) or type(e).__name__
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from xmr import checkpoint, distributed
 from xmr.data import open_split
 from xmr.data.pairs import PairData
 from xmr.data.text import Vocab, glove_vectors, skipgram_vectors
+from xmr.errors import ConfigError
 from xmr.eval.evaluate import evaluate, format_table
 from xmr.features.store import DEFAULT_CACHE, pair_data
 from xmr.models import create_model, get_entry, get_preset
@@ -191,6 +192,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         cfg = TrainConfig(**{**saved, "out": cfg.out, "progress": cfg.progress,
                              "overrides": {**saved["overrides"], **cfg.overrides}})
     model_kw, recipe = cfg.resolved()
+    check_recipe(recipe)
+    check_model_kwargs(cfg.model, model_kw, "--set")
     inputs = get_entry(cfg.model).cls.inputs_for(**model_kw)
     if resuming:
         vocab = Vocab.load(out / "vocab.json")
@@ -341,6 +344,71 @@ def load_trained(run: str | Path, which: str = "best") -> tuple[RetrievalModel, 
     run = Path(run)
     stem = run / which
     meta = checkpoint.read_meta(stem)
-    model = create_model(meta["model"], **meta["model_kwargs"])
+    model = create_model(meta["model"], **checked_model_kwargs(meta, stem))
     checkpoint.load(stem, model)
     return model.eval(), Vocab.load(run / "vocab.json"), meta
+
+
+MAX_DIM = 1 << 20  # no layer width in any preset is near this; a larger one is a typo or damage
+
+
+def check_model_kwargs(model: str, kwargs: dict, where: str) -> None:
+    """Refuse arguments the model does not take and values of the wrong type or absurd size
+    (``embed_dim=-5``, ``1e13``), naming ``where`` they came from, before anything is allocated."""
+    params = inspect.signature(get_entry(model).cls.__init__).parameters
+    for key, value in kwargs.items():
+        if key not in params:
+            near = [p for p in params if p != "self" and (p in key or key in p)]
+            raise ConfigError(f"{where}: {model} takes no argument {key!r}"
+                              f"{' (did you mean ' + ', '.join(near) + '?)' if near else ''}")
+        default = params[key].default
+        if isinstance(default, bool) and not isinstance(value, bool):
+            raise ConfigError(f"{where}: {key}={value!r} must be true or false")
+        if isinstance(default, int) and not isinstance(default, bool):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{where}: {key}={value!r} must be a whole number")
+            if (key.endswith(("_dim", "_size", "dim")) or key.startswith("n_")) and not 0 < value <= MAX_DIM:
+                raise ConfigError(f"{where}: {key}={value} must be from 1 to {MAX_DIM}")
+        if isinstance(default, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ConfigError(f"{where}: {key}={value!r} must be a number")
+
+
+def checked_model_kwargs(meta: dict, stem: Path) -> dict:
+    where = f"{Path(stem).with_suffix('.json')}"
+    for key in ("model", "model_kwargs", "max_len", "extractor", "data"):
+        if key not in meta:
+            raise checkpoint.CheckpointError(f"{where}: checkpoint metadata has no {key!r} field; it was not "
+                                             "written by xmr train")
+    kwargs = meta["model_kwargs"]
+    if not isinstance(kwargs, dict):
+        raise checkpoint.CheckpointError(f"{where}: 'model_kwargs' is not an object")
+    try:
+        get_entry(meta["model"])
+    except KeyError as e:
+        raise checkpoint.CheckpointError(f"{where}: {e.args[0]}") from None
+    try:
+        check_model_kwargs(meta["model"], kwargs, where)
+    except ConfigError as e:
+        raise checkpoint.CheckpointError(str(e)) from None
+    return kwargs
+
+
+RECIPE_INTS = {"epochs": 1, "batch_size": 1, "max_len": 1, "min_word_count": 1, "checkpoint_every": 0}
+
+
+def check_recipe(recipe: dict) -> None:
+    """Recipe values of the right type and range, each error naming the key (``--set KEY=...``)."""
+    for key, low in RECIPE_INTS.items():
+        value = recipe.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ConfigError(f"--set {key}={value!r}: must be a whole number >= {low}")
+    for key in ("lr", "weight_decay", "momentum", "lr_decay"):
+        value = recipe.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
+            raise ConfigError(f"--set {key}={value!r}: must be a finite number >= 0")
+    for key in ("dev_images", "train_images", "early_stop", "dev_rerank_k"):
+        value = recipe.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"--set {key}={value!r}: must be a whole number >= 1 (or null)")
+    if not isinstance(recipe.get("lr_decay_epochs"), list):
+        raise ConfigError(f"--set lr_decay_epochs={recipe.get('lr_decay_epochs')!r}: must be a list, e.g. [6]")
