@@ -251,3 +251,14 @@ def test_one_case_through_a_real_process(good, tmp_path):
                        timeout=120)
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert p.stderr.strip().count("\n") == 0 and "train_ims.npy" in p.stderr
+
+
+def test_weights_and_json_from_different_saves_are_refused(good, tmp_path, capsys):
+    r = copy_run(good, tmp_path)
+    shutil.copy(r / "last.safetensors", r / "best.safetensors")  # a torn pair: new weights, old JSON
+    import re
+
+    code = main(["eval", str(r), "--data", f"precomputed:{good / 'data'}", "--cache", str(tmp_path / "c")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert re.search(r"best\.safetensors: does not match best\.json \(SHA-256 differs\)", err)
