@@ -3,7 +3,8 @@
 ``<stem>.safetensors`` holds the model's tensors (parameters and buffers, e.g. a persistent
 memory) and, for training checkpoints, the optimiser's tensors and the torch RNG state;
 ``<stem>.json`` holds everything else (config, epoch, optimiser hyper-parameters, versions).
-Both are written to a temporary file and renamed, so a crash never leaves a torn checkpoint.
+Both are written to temporary files and renamed, the JSON last; it records the weights' SHA-256,
+so a pair that was not written together (a crash between the renames) is refused on load.
 """
 from __future__ import annotations
 
@@ -44,9 +45,29 @@ def save(stem: str | Path, model: torch.nn.Module, meta: dict[str, Any],
         groups.append(sd["param_groups"])
     if optimizers is not None:
         tensors["rng.torch"] = torch.get_rng_state()
-    meta = {**meta, "format": FORMAT, "xmr_version": xmr.__version__, "optimizer_groups": groups}
-    _atomic(stem.with_suffix(".safetensors"), lambda p: save_file(tensors, str(p)))
-    _atomic(stem.with_suffix(".json"), lambda p: p.write_text(json.dumps(meta, indent=1)))
+    # Both files are written under temporary names first; the weights are renamed into place, then
+    # the JSON, which records the weights' SHA-256: a crash between the two renames leaves a JSON
+    # whose hash does not match, refused on load as a torn checkpoint (never old metadata on new
+    # weights read as a good checkpoint).
+    weights = stem.with_suffix(".safetensors")
+    tmp = weights.with_name(weights.name + ".tmp")
+    save_file(tensors, str(tmp))
+    meta = {**meta, "format": FORMAT, "xmr_version": xmr.__version__, "optimizer_groups": groups,
+            "weights_sha256": _sha256(tmp)}
+    meta_tmp = stem.with_suffix(".json.tmp")
+    meta_tmp.write_text(json.dumps(meta, indent=1))
+    os.replace(tmp, weights)
+    os.replace(meta_tmp, stem.with_suffix(".json"))
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def read_meta(stem: str | Path) -> dict:
@@ -54,12 +75,34 @@ def read_meta(stem: str | Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint metadata not found")
     try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from e
+        meta = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e}); the checkpoint is damaged, train again") from e
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: not an xmr checkpoint (a JSON {type(meta).__name__}, expected an object)")
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an xmr checkpoint (format {meta.get('format')!r}, want {FORMAT!r})")
     return meta
+
+
+def read_tensors(stem: Path) -> dict:
+    """The checkpoint's tensors; a missing, empty, truncated or garbage file is a CheckpointError."""
+    path = stem.with_suffix(".safetensors")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint weights not found")
+    try:
+        tensors = load_file(str(path))
+    except Exception as e:  # safetensors raises its own SafetensorError (not an OSError)
+        size = path.stat().st_size
+        raise CheckpointError(f"{path}: unreadable safetensors file ({size} bytes: "
+                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}); the checkpoint is "
+                              "damaged (truncated?), train again or use the other checkpoint") from None
+    want = read_meta(stem).get("weights_sha256")
+    if want is not None and _sha256(path) != want:
+        raise CheckpointError(f"{path}: does not match {stem.with_suffix('.json').name} (SHA-256 differs): the "
+                              "two files were not written together (interrupted save, or copied from another "
+                              "run); train again or use the other checkpoint")
+    return tensors
 
 
 def init_weights(stem: str | Path, model: torch.nn.Module) -> list[str]:
@@ -70,7 +113,7 @@ def init_weights(stem: str | Path, model: torch.nn.Module) -> list[str]:
     meta = read_meta(stem)
     if meta.get("model") != getattr(model, "name", None):
         raise CheckpointError(f"{stem}: checkpoint is for model {meta.get('model')!r}, not {model.name!r}")
-    tensors = load_file(str(stem.with_suffix(".safetensors")))
+    tensors = read_tensors(stem)
     state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
@@ -88,7 +131,7 @@ def load(stem: str | Path, model: torch.nn.Module,
     meta = read_meta(stem)
     if meta.get("model") != getattr(model, "name", None):
         raise CheckpointError(f"{stem}: checkpoint is for model {meta.get('model')!r}, not {model.name!r}")
-    tensors = load_file(str(stem.with_suffix(".safetensors")))
+    tensors = read_tensors(stem)
     state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
@@ -105,7 +148,10 @@ def load(stem: str | Path, model: torch.nn.Module,
             if key.startswith(prefix):
                 pid, name = key[len(prefix):].split(".", 1)
                 per_param.setdefault(int(pid), {})[name] = value
-        opt.load_state_dict({"state": per_param, "param_groups": groups})
+        try:
+            opt.load_state_dict({"state": per_param, "param_groups": groups})
+        except (ValueError, KeyError, IndexError, TypeError) as e:
+            raise CheckpointError(f"{stem}: optimiser state does not fit ({e})") from None
     if optimizers is not None and "rng.torch" in tensors:
         torch.set_rng_state(tensors["rng.torch"])
     return meta

@@ -18,8 +18,11 @@ EXAMPLES = """examples:
   xmr index build runs/vsepp-f8k --data flickr8k --split test --out runs/f8k-index
   xmr search runs/f8k-index "a dog runs on the beach"      # or: --image photo.jpg
   xmr serve runs/f8k-index                                 # API + search page on 127.0.0.1:8000
-dataset specs: synthetic | flickr8k[:PATH] | karpathy:JSON,images=DIR | coco:DIR,images=DIR |
-               precomputed:DIR   (options after commas, e.g. synthetic,seed=1,n_train=500)
+dataset specs: synthetic | flickr8k[:PATH] | karpathy:JSON[,images=DIR] |
+               coco:DIR_OR_captions_NAME.json[,images=DIR] | precomputed:DIR
+               (options after commas, e.g. synthetic,seed=1,n_train=500; any kind: captions_per_image=5)
+               coco: DIR holds captions_{train,val}2017.json (or annotations/ under it); images=DIR is
+               one image folder or one with train2017/ val2017/; dev and test are both the val file
 """
 
 
@@ -43,13 +46,57 @@ def _overrides(pairs: list[str]) -> dict:
 def cmd_data(args) -> int:
     from xmr.data import open_split
 
+    opened, bad = [], 0
     for split in args.splits:
         s = open_split(args.data, split)
         labels = f", {s.labels.shape[1]} label classes" if s.labels is not None else ""
         print(f"{split}: {s.n_images} images, {len(s.captions)} captions ({s.captions_per_image}/image){labels}")
         for c in s.captions[: args.show]:
             print(f"   {c}")
-    return 0
+        if not args.no_images:
+            bad += _check_images(s)
+        opened.append(s)
+    _check_split_overlap(opened)
+    return 1 if bad else 0
+
+
+def _check_images(split) -> int:
+    """Open (decode) every image file of a split; print each unreadable one; return their count."""
+    from xmr.data.base import DataError
+
+    if split.image_paths is None:
+        return 0  # precomputed features or generated images
+    bad = []
+    for i in range(split.n_images):
+        try:
+            split.load_image(i)
+        except DataError as e:
+            bad.append(str(e))
+    for message in bad[:5]:
+        print(f"xmr: error: {message}", file=sys.stderr)
+    if bad:
+        print(f"xmr: error: {split.name}: {len(bad)} of {split.n_images} images cannot be read"
+              f"{' (first 5 shown)' if len(bad) > 5 else ''}; fix them or use --on-bad-input skip when "
+              "extracting features", file=sys.stderr)
+    else:
+        print(f"   all {split.n_images} images open")
+    return len(bad)
+
+
+def _check_split_overlap(splits) -> None:
+    """Training images must not be in dev or test (refused); dev == test is warned about."""
+    from xmr.data.base import DataError, check_disjoint
+
+    by_name = {s.name: s for s in splits}
+    train = by_name.get("train")
+    for other in ("dev", "test"):
+        if train is not None and other in by_name:
+            check_disjoint(train, by_name[other])
+    if "dev" in by_name and "test" in by_name:
+        try:
+            check_disjoint(by_name["dev"], by_name["test"])
+        except DataError as e:
+            print(f"warning: {e} (model selection on dev then sees the test images)", file=sys.stderr)
 
 
 def cmd_features(args) -> int:
@@ -81,8 +128,32 @@ def _train_config(args):
 def cmd_train(args) -> int:
     from xmr.train import train
 
+    _check_resume(args)
+    args.model, args.data, args.seed = (args.model or "vsepp", args.data or "synthetic",
+                                        0 if args.seed is None else args.seed)
     train(_train_config(args), resume=args.resume)
     return 0
+
+
+def _check_resume(args) -> None:
+    """``--resume`` continues the run in --out with its own settings: a --data, --model or --seed
+    given now that differs from the saved one is refused, not silently ignored."""
+    from xmr.errors import TrainingError
+
+    saved_file = Path(args.out) / "config.json"
+    if not (args.resume and (Path(args.out) / "last.json").is_file() and saved_file.is_file()):
+        return
+    try:
+        saved = json.loads(saved_file.read_text(encoding="utf-8-sig"))
+    except ValueError as e:
+        raise TrainingError(f"{saved_file}: not valid JSON ({e}); cannot resume this run") from None
+    if not isinstance(saved, dict):
+        raise TrainingError(f"{saved_file}: not a run config (a JSON {type(saved).__name__}); cannot resume")
+    for key in ("data", "model", "seed"):
+        given = getattr(args, key)
+        if given is not None and key in saved and given != saved[key]:
+            raise TrainingError(f"--resume: {args.out} was trained with --{key} {saved[key]}, not {given}; "
+                                f"drop --{key} to continue it, or train a new run with another --out")
 
 
 def cmd_eval(args) -> int:
@@ -126,9 +197,12 @@ def _eval_pairs(args) -> int:
     from xmr.features.store import pair_data
     from xmr.train import load_trained
 
+    if args.folds < 1:
+        raise SystemExit(f"xmr eval: --folds {args.folds}: need a whole number >= 1 (5 for COCO 1K)")
     model, vocab, meta = load_trained(args.run, args.checkpoint)
     data = pair_data(args.data or meta["data"], args.split, model.inputs, vocab, meta["max_len"],
                      meta["extractor"], Path(args.cache), on_bad_input=args.on_bad_input)
+    _check_width(meta, data, args)
     if args.no_exhaustive and not args.two_step:
         raise SystemExit("xmr eval: --no-exhaustive needs --two-step K")
     if args.kshot and (args.no_exhaustive or args.folds != 1):
@@ -168,6 +242,17 @@ def _eval_pairs(args) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=1))
     return 0
+
+
+def _check_width(meta: dict, data, args) -> None:
+    """The run's image feature width must be the data's (another extractor or dataset otherwise)."""
+    from xmr.data.base import DataError
+
+    want = meta.get("model_kwargs", {}).get("image_dim")
+    if want is not None and data.features.dtype.kind == "f" and data.features.shape[-1] != want:
+        raise DataError(f"{args.run} was trained on {want}-d image features but {args.data or meta['data']} "
+                        f"split {args.split!r} has {data.features.shape[-1]}-d ones; evaluate it on data from "
+                        "the same extractor")
 
 
 def cmd_index(args) -> int:
@@ -236,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("data", help="dataset spec, e.g. flickr8k or synthetic")
     d.add_argument("--splits", nargs="+", default=["train", "dev", "test"])
     d.add_argument("--show", type=int, default=3, help="captions to print per split")
+    d.add_argument("--no-images", action="store_true", help="do not open (decode) every image file")
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--cache", default="runs/cache", help="feature cache folder (default runs/cache)")
@@ -256,15 +342,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = add("train", "Train a model: dev validation each epoch, best checkpoint kept.", cmd_train)
     t._add_container_actions(common)
-    t.add_argument("--model", default="vsepp", choices=model_names())
+    t.add_argument("--model", default=None, choices=model_names(), help="default vsepp")
     presets = "; ".join(f"{m}: {', '.join(get_entry(m).presets)}" for m in model_names())
     t.add_argument("--preset", default="tiny", help=f"named setting of the model ({presets}); 'paper' is "
                    "the paper's, 'cpu' trains on 2 cores, 'tiny' is for synthetic data")
-    t.add_argument("--data", default="synthetic", help="dataset spec; for label models (cmmn): synthetic-scenes"
-                   "[,noise=2,multilabel=true,...] | flickr8k | FILE.npz | FILE.mat")
+    t.add_argument("--data", default=None, help="dataset spec (default synthetic); for label models (cmmn): "
+                   "synthetic-scenes[,noise=2,multilabel=true,...] | flickr8k | FILE.npz | FILE.mat")
     t.add_argument("--extractor", default="efficientnet-lite0-224", help="image features (see xmr features)")
     t.add_argument("--out", default="runs/train", help="run folder (checkpoints, metrics, curve)")
-    t.add_argument("--seed", type=int, default=0, help="seeds weights and batch order")
+    t.add_argument("--seed", type=int, default=None, help="seeds weights and batch order (default 0)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a preset value, e.g. --set epochs=5 --set embed_dim=256")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch (its saved settings, plus any --set)")
@@ -340,9 +426,22 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         return args.fn(args)
-    except (DataError, CheckpointError, KeyError, ValueError, FileNotFoundError) as e:
-        print(f"xmr: error: {e}", file=sys.stderr)
+    except (DataError, CheckpointError, KeyError, ValueError, OSError) as e:
+        print(f"xmr: error: {one_line(e)}", file=sys.stderr)
         return 2
+
+
+def one_line(e: BaseException) -> str:
+    """The error as one line: a KeyError's message without its quotes, an OSError with its file."""
+    if isinstance(e, KeyError):
+        text = str(e.args[0]) if e.args else "missing key"
+        if e.args and len(text.split()) == 1:  # a bare key: say what it is
+            text = f"missing field {text!r}"
+    elif isinstance(e, OSError) and e.filename:
+        text = f"{e.filename}: {e.strerror or e}"
+    else:
+        text = str(e)
+    return " ".join(text.split()) or type(e).__name__
 
 
 if __name__ == "__main__":

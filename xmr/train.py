@@ -33,10 +33,11 @@ from xmr.data.text import Vocab, glove_vectors, skipgram_vectors
 from xmr.eval.evaluate import evaluate, format_table
 from xmr.eval.labelled import evaluate_labelled
 from xmr.features.labelled import labelled_set
+from xmr.errors import ConfigError
 from xmr.features.image import ExtractorSpec
 from xmr.features.store import DEFAULT_CACHE, pair_data
 from xmr.models import create_model, get_entry, get_preset
-from xmr.models.base import Inputs, RetrievalModel, Reps, Stage
+from xmr.models.base import DATA_FACTS, Inputs, RetrievalModel, Reps, Stage
 
 RECIPE_DEFAULTS = dict(epochs=10, batch_size=128, lr=2e-4, optimizer="adam", momentum=0.9,
                        weight_decay=0.0, lr_decay_epochs=[], lr_decay=0.1, grad_clip=2.0,
@@ -124,6 +125,7 @@ class PairTask:
         if not ctx.main:  # rank 0 extracts features into the cache first; the others then read them
             distributed.barrier(ctx)
         self.train, self.dev = load("train"), load("dev")
+        check_train_dev(self.train, self.dev)
         if ctx.main:
             distributed.barrier(ctx)
         if recipe["dev_images"]:  # pairwise models may validate on the first N dev images only
@@ -356,6 +358,7 @@ def train_epoch(model: RetrievalModel, stage: Stage, batches, optimizers: list[t
     bar = tqdm(todo, total=n_batches, initial=sums.step, desc=desc, disable=not progress)
     for sums.step, batch in enumerate(bar, sums.step + 1):
         parts = model.stage_loss(stage, batch, encode)
+        check_finite_loss(parts, desc, sums.step)
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
         parts["loss"].backward()
@@ -383,6 +386,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     cfg, resuming = open_run(cfg, resume, ctx)
     out = Path(cfg.out)
     model_kw, recipe = cfg.resolved()
+    check_recipe(recipe)
+    check_model_kwargs(cfg.model, model_kw, "--set")
     cls = get_entry(cfg.model).cls
     task = TASKS[cls.learns_from](cfg, recipe, cls.inputs_for(**model_kw), ctx, out, resuming)
     if ctx.main:
@@ -481,7 +486,9 @@ def run_stage(model: RetrievalModel, engine: torch.nn.Module, stage: Stage, batc
             rows.append(row)
             print(f"epoch {epoch + 1}: loss {row['train_loss']:.4f}  {task.summary(dev)}  ({sums.seconds:.0f}s)",
                   flush=True)
-            if not best or task.score(dev) > task.score(best):
+            if dev.get("non_finite") or not np.isfinite(task.score(dev)):  # never a best epoch
+                print(f"epoch {epoch + 1}: dev scores are not finite; not kept as best", flush=True)
+            elif not best or task.score(dev) > task.score(best):
                 best = {k: v for k, v in dev.items() if k != "ranks"} | {"epoch": epoch}
                 checkpoint.save(out / "best", model, meta(epoch=epoch, dev=best))
             checkpoint.save(out / "last", model, meta(stage=stage.name, epoch=epoch, best=best), optimizers)
@@ -491,11 +498,103 @@ def run_stage(model: RetrievalModel, engine: torch.nn.Module, stage: Stage, batc
     return best
 
 
+def check_train_dev(train_data: PairData, dev_data: PairData) -> None:
+    """Refuse an empty split, train/dev images in common, and feature widths that differ."""
+    from xmr.data.base import DataError, check_disjoint
+
+    for name, d in (("train", train_data), ("dev", dev_data)):
+        if d.n_images == 0:
+            raise DataError(f"the {name} split is empty (0 images); training needs images in train and dev")
+    check_disjoint(train_data.split, dev_data.split)
+    a, b = train_data.features.shape[1:], dev_data.features.shape[1:]
+    if train_data.features.ndim == dev_data.features.ndim and a[-1] != b[-1]:
+        raise DataError(f"train features are {a[-1]}-d but dev features {b[-1]}-d; both splits must come "
+                        "from the same extractor")
+
+
+def check_finite_loss(parts: dict, where: str, step: int) -> None:
+    """Stop with a clear error when the loss is NaN or inf (before it reaches the weights)."""
+    if not torch.isfinite(parts["loss"].detach()).all():
+        from xmr.errors import TrainingError
+
+        raise TrainingError(f"training loss is {parts['loss'].item()} at {where}, step {step}; stopping (the "
+                            "run's best checkpoint is the last good dev epoch). Check the features "
+                            "(NaN/empty rows) or lower --set lr")
+
+
 def load_trained(run: str | Path, which: str = "best") -> tuple[RetrievalModel, Vocab, dict]:
     """A trained model, its vocabulary and its checkpoint metadata from a run directory."""
     run = Path(run)
     stem = run / which
     meta = checkpoint.read_meta(stem)
-    model = create_model(meta["model"], **meta["model_kwargs"])
+    model = create_model(meta["model"], **checked_model_kwargs(meta, stem))
     checkpoint.load(stem, model)
     return model.eval(), Vocab.load(run / "vocab.json"), meta
+
+
+MAX_DIM = 1 << 20  # no layer width in any preset is near this; a larger one is a typo or damage
+
+
+def check_model_kwargs(model: str, kwargs: dict, where: str) -> None:
+    """Refuse arguments the model does not take and values of the wrong type or absurd size
+    (``embed_dim=-5``, ``1e13``), naming ``where`` they came from, before anything is allocated."""
+    cls = get_entry(model).cls
+    params = inspect.signature(cls.__init__).parameters
+    for key, value in kwargs.items():
+        if key in DATA_FACTS and key not in cls.data_facts:
+            continue  # a fact older checkpoints carry for every model; create_model leaves it out
+        if key not in params:
+            near = [p for p in params if p != "self" and (p in key or key in p)]
+            raise ConfigError(f"{where}: {model} takes no argument {key!r}"
+                              f"{' (did you mean ' + ', '.join(near) + '?)' if near else ''}")
+        default = params[key].default
+        if isinstance(default, bool) and not isinstance(value, bool):
+            raise ConfigError(f"{where}: {key}={value!r} must be true or false")
+        if isinstance(default, int) and not isinstance(default, bool):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{where}: {key}={value!r} must be a whole number")
+            if (key.endswith(("_dim", "_size", "dim")) or key.startswith("n_")) and not 0 < value <= MAX_DIM:
+                raise ConfigError(f"{where}: {key}={value} must be from 1 to {MAX_DIM}")
+        if isinstance(default, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ConfigError(f"{where}: {key}={value!r} must be a number")
+
+
+def checked_model_kwargs(meta: dict, stem: Path) -> dict:
+    where = f"{Path(stem).with_suffix('.json')}"
+    for key in ("model", "model_kwargs", "max_len", "extractor", "data"):
+        if key not in meta:
+            raise checkpoint.CheckpointError(f"{where}: checkpoint metadata has no {key!r} field; it was not "
+                                             "written by xmr train")
+    kwargs = meta["model_kwargs"]
+    if not isinstance(kwargs, dict):
+        raise checkpoint.CheckpointError(f"{where}: 'model_kwargs' is not an object")
+    try:
+        get_entry(meta["model"])
+    except KeyError as e:
+        raise checkpoint.CheckpointError(f"{where}: {e.args[0]}") from None
+    try:
+        check_model_kwargs(meta["model"], kwargs, where)
+    except ConfigError as e:
+        raise checkpoint.CheckpointError(str(e)) from None
+    return kwargs
+
+
+RECIPE_INTS = {"epochs": 1, "batch_size": 1, "max_len": 1, "min_word_count": 1, "checkpoint_every": 0}
+
+
+def check_recipe(recipe: dict) -> None:
+    """Recipe values of the right type and range, each error naming the key (``--set KEY=...``)."""
+    for key, low in RECIPE_INTS.items():
+        value = recipe.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ConfigError(f"--set {key}={value!r}: must be a whole number >= {low}")
+    for key in ("lr", "weight_decay", "momentum", "lr_decay"):
+        value = recipe.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
+            raise ConfigError(f"--set {key}={value!r}: must be a finite number >= 0")
+    for key in ("dev_images", "train_images", "early_stop", "dev_rerank_k"):
+        value = recipe.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"--set {key}={value!r}: must be a whole number >= 1 (or null)")
+    if not isinstance(recipe.get("lr_decay_epochs"), list):
+        raise ConfigError(f"--set lr_decay_epochs={recipe.get('lr_decay_epochs')!r}: must be a list, e.g. [6]")

@@ -5,7 +5,10 @@ A dataset spec is ``kind[:path][,key=value...]``:
 - ``synthetic`` or ``synthetic,seed=1,n_train=500`` - the built-in generated set;
 - ``flickr8k:../shared/datasets/flickr8k`` - the official Flickr8k layout;
 - ``karpathy:dataset_flickr30k.json,images=flickr30k-images`` - Karpathy-split JSON;
-- ``coco:annotations,images=val2014`` - COCO ``captions_*.json``;
+- ``coco:annotations[,images=DIR]`` - COCO ``captions_*.json``: the path is the folder holding them
+  (or ``annotations/`` under it) or one ``captions_<name>.json`` file; ``images=DIR`` is one folder
+  of images or a folder with ``train2017/``, ``val2017/``, ... (default: beside ``annotations/``);
+  ``dev`` and ``test`` are both COCO's val file (a warning says so; see ``xmr/data/coco.py``);
 - ``precomputed:data/f30k_precomp`` - VSE++/SCAN ``{split}_ims.npy`` + ``{split}_caps.txt``.
 """
 from __future__ import annotations
@@ -49,6 +52,7 @@ class DatasetSpec:
             path = DEFAULT_FLICKR8K
         if kind in ("karpathy", "coco", "precomputed") and not path:
             raise DataError(f"dataset {kind!r} needs a path: {kind}:PATH")
+        check_options(kind, options, spec)
         return cls(kind, path or None, options)
 
     @property
@@ -61,6 +65,28 @@ class DatasetSpec:
         path = str(Path(self.path).resolve()) if self.path else None  # one cache however it is spelled
         digest = sha1(repr((path, sorted(self.options.items()))).encode()).hexdigest()[:8]
         return f"{self.kind}-{digest}"
+
+
+OPTIONS = {"synthetic": ("seed", "n_<split>"), "flickr8k": (), "karpathy": ("images",), "coco": ("images",),
+           "precomputed": ()}
+INT_OPTIONS = ("captions_per_image", "seed")
+
+
+def check_options(kind: str, options: dict, spec: str) -> None:
+    """Refuse an option the dataset kind does not read (a typo would otherwise be ignored) and
+    non-integer counts, naming the option."""
+    allowed = ("captions_per_image", *OPTIONS[kind])
+    for key, value in options.items():
+        if key not in allowed and not (kind == "synthetic" and key.startswith("n_")):
+            raise DataError(f"dataset option {key!r} in {spec!r}: {kind} takes {', '.join(allowed)}")
+        if key in INT_OPTIONS or key.startswith("n_"):
+            try:
+                number = int(value)
+            except ValueError:
+                raise DataError(f"dataset option {key}={value!r} in {spec!r}: expected a whole number") from None
+            if number < (0 if key == "seed" else 1):
+                raise DataError(f"dataset option {key}={value} in {spec!r}: must be >= "
+                                f"{0 if key == 'seed' else 1}")
 
 
 def open_split(spec: str | DatasetSpec, split: str) -> Split:

@@ -48,6 +48,7 @@ class Split:
                 f"split {self.name!r}: {len(self.captions)} captions for {n} images; "
                 f"expected exactly {k} per image ({n * k})"
             )
+        check_unique_ids(self.name, self.image_ids)
         if self.labels is not None and len(self.labels) != n:
             raise DataError(f"split {self.name!r}: {len(self.labels)} label rows for {n} images")
         if self.features is not None and len(self.features) != n:
@@ -83,6 +84,26 @@ class Split:
         from xmr.data.images import load_rgb
 
         return load_rgb(self.image_paths[i])
+
+
+def check_unique_ids(name: str, image_ids: list[str]) -> None:
+    """A split lists each image once: a repeated id would pair its captions twice (or with another file)."""
+    if len(set(image_ids)) != len(image_ids):
+        seen: dict[str, int] = {}
+        for i, image_id in enumerate(image_ids):
+            if image_id in seen:
+                raise DataError(f"split {name!r}: image {image_id!r} is listed twice (positions {seen[image_id]} "
+                                f"and {i}); list each image once")
+            seen[image_id] = i
+
+
+def check_disjoint(a: "Split", b: "Split", what: str = "") -> None:
+    """Refuse two splits that share images (training on test images inflates every result)."""
+    shared = set(a.image_ids) & set(b.image_ids)
+    if shared:
+        first = sorted(shared)[0]
+        raise DataError(f"splits {a.name!r} and {b.name!r} share {len(shared)} image(s), e.g. {first!r}"
+                        f"{what}; a split's images must not appear in another")
 
 
 def group_captions(

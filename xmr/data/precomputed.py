@@ -20,12 +20,12 @@ def load_feature_array(path: Path) -> np.ndarray:
     (N, C, g, g), image input "trunk"), float dtype, finite values."""
     if not path.is_file():
         raise DataError(f"{path}: feature file not found")
-    try:
-        arr = np.load(path, mmap_mode="r")
-    except (ValueError, OSError) as e:
-        raise DataError(f"{path}: not a readable .npy array ({e})") from e
+    arr = _open_npy(path)
     if arr.ndim not in (2, 3, 4):
         raise DataError(f"{path}: features must be (N, D) or (N, R, D), got shape {arr.shape}")
+    if 0 in arr.shape:
+        raise DataError(f"{path}: features have shape {arr.shape}: no {'rows' if arr.shape[0] == 0 else 'feature values'}"
+                        "; every dimension must be > 0 (re-extract or re-export the features)")
     if arr.dtype.kind != "f":
         raise DataError(f"{path}: features must be float16/32/64, got {arr.dtype}")
     # Check finiteness in chunks so a huge file is never loaded whole.
@@ -38,6 +38,30 @@ def load_feature_array(path: Path) -> np.ndarray:
     return arr
 
 
+def _open_npy(path: Path) -> np.ndarray:
+    """Memory-map a .npy file; a zero-byte, truncated or non-.npy file gets a DataError saying which."""
+    size = path.stat().st_size
+    if size == 0:
+        raise DataError(f"{path}: not a readable .npy file (empty, 0 bytes); re-extract or re-export the features")
+    with open(path, "rb") as fh:
+        magic = fh.read(6)
+    if magic != b"\x93NUMPY":
+        raise DataError(f"{path}: not a readable .npy file (no NPY header; {size} bytes); write it with numpy.save")
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        reason = "truncated (shorter than its header says)" if "length" in str(e) or isinstance(e, EOFError) \
+            else "an object (pickled) array or a corrupt header; features must be a float array"
+        raise DataError(f"{path}: not a readable .npy file ({reason})") from None
+
+
+def _nonblank_tail(lines: list[str]) -> list[str]:
+    """Drop trailing blank lines (an editor's final newlines); blank lines inside still fail."""
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return lines
+
+
 def read_precomputed(root: str | Path, split: str, captions_per_image: int = CAPTIONS_PER_IMAGE) -> Split:
     root = Path(root)
     feats = load_feature_array(root / f"{split}_ims.npy")
@@ -45,7 +69,8 @@ def read_precomputed(root: str | Path, split: str, captions_per_image: int = CAP
     if not caps_file.is_file():
         raise DataError(f"{caps_file}: caption file not found")
     with open(caps_file, "rb") as fh:
-        captions = [read_caption_line(raw, caps_file, n)[1] for n, raw in enumerate(fh, 1)]
+        raw_lines = _nonblank_tail(fh.read().split(b"\n"))
+    captions = [read_caption_line(raw, caps_file, n)[1] for n, raw in enumerate(raw_lines, 1)]
     k = captions_per_image
     if len(feats) * k != len(captions) and len(feats) == len(captions) and len(feats) % k == 0:
         # Some releases repeat each image's row once per caption (VSE++'s im_div = 1 case).

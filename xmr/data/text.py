@@ -23,6 +23,8 @@ _TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 
 
 def check_caption(caption: str, where: str) -> str:
+    if not isinstance(caption, str):
+        raise DataError(f"{where}: caption is {caption!r} ({type(caption).__name__}), expected a string")
     caption = " ".join(caption.split())  # one line, single spaces: caption files are line-based
     if not caption:
         raise DataError(f"{where}: empty caption")
@@ -33,6 +35,8 @@ def read_caption_line(raw: bytes, path: Path, lineno: int, sep: str | None = Non
     """Decode one caption-file line; with ``sep`` split off its key. Errors name file and line."""
     try:
         line = raw.decode("utf-8").rstrip("\r\n")
+        if lineno == 1:
+            line = line.removeprefix("\ufeff")  # a UTF-8 byte-order mark (Windows editors)
     except UnicodeDecodeError as e:
         raise DataError(f"{path}:{lineno}: invalid UTF-8 ({e.reason} at byte {e.start})") from e
     key = ""

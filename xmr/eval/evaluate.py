@@ -86,6 +86,7 @@ def evaluate(model: RetrievalModel, data: PairData, folds: int = 1, progress: bo
              image_chunk: int | None = None, caption_chunk: int | None = None) -> dict:
     """R@1/5/10, medr, meanr both ways, rsum, mR on the whole split (``folds=1``, e.g. Flickr 1K
     test or COCO 5K) or as the mean over ``folds`` equal image folds (COCO 1K: ``folds=5``)."""
+    check_folds(data.n_images, folds)
     t0 = time.perf_counter()
     img, txt = encode(model, data, progress=progress)
     t_encode = time.perf_counter() - t0
@@ -105,7 +106,29 @@ def evaluate(model: RetrievalModel, data: PairData, folds: int = 1, progress: bo
     if folds > 1:
         out["per_fold"] = [{k: v for k, v in r.items() if k != "ranks"} for r in per_fold]
     out["seconds"] = {"encode": t_encode, "total": time.perf_counter() - t0}
+    bad = non_finite_count(img) + non_finite_count(txt)
+    if bad:  # ranked last (xmr.eval.metrics), and reported: such a result is never a model's best
+        out["non_finite"] = bad
+        import sys
+
+        print(f"warning: {bad} non-finite (NaN/inf) values in the encoded images/captions; their "
+              "scores rank last", file=sys.stderr)
     return out
+
+
+def check_folds(n_images: int, folds: int) -> None:
+    """A clear error for a fold count that cannot split ``n_images`` (0, negative, too many)."""
+    if not isinstance(folds, int) or folds < 1:
+        raise ValueError(f"--folds {folds}: need a whole number >= 1 (5 for COCO 1K)")
+    if n_images == 0:
+        raise ValueError("the split has no images to evaluate")
+    if folds > n_images:
+        raise ValueError(f"--folds {folds}: more folds than the split's {n_images} images")
+
+
+def non_finite_count(reps: Reps) -> int:
+    """How many NaN/inf values a model's encoded parts hold (floating tensors only)."""
+    return int(sum((~torch.isfinite(v)).sum() for v in reps.values() if v.is_floating_point()))
 
 
 def format_table(result: dict) -> str:

@@ -56,7 +56,7 @@ import numpy as np
 import torch
 
 from xmr.data.text import tokenize
-from xmr.eval.metrics import RECALL_KS, recall_summary
+from xmr.eval.metrics import RECALL_KS, finite_or_last, recall_summary
 
 DEFAULT_KS = (0, 1, 5)
 
@@ -135,6 +135,7 @@ def pair_ranks(scores: torch.Tensor, caption_image: torch.Tensor, captions: torc
                images: torch.Tensor) -> torch.Tensor:
     """0-based rank of caption ``captions[p]`` for image ``images[p]``, given that image's scores
     ``scores[p]`` (P, Nt) against all captions: how many captions of other images score >= it."""
+    scores = finite_or_last(scores)  # a non-finite score ranks last (xmr.eval.metrics)
     gt = scores[torch.arange(scores.size(0)), captions]
     other = caption_image.view(1, -1) != images.view(-1, 1)
     return ((scores >= gt.view(-1, 1)) & other).sum(1)

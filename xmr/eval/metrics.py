@@ -7,6 +7,11 @@ Tie rule (pinned): pessimistic. Every non-ground-truth item whose score *equals*
 truth's counts as ranked above it. Without ties this is exactly the VSE++ reference; with ties
 it stays well defined (argsort-based reference code depends on sort stability, and a collapsed
 model that scores everything equal would otherwise get R@1 = 100; here it gets R@1 = 0).
+
+Non-finite scores (pinned): a NaN or +-inf score ranks *last*. It is treated as -inf before any
+comparison, so a NaN ground truth is outranked by every other item (ties with other non-finite
+scores count against it, by the tie rule) and a NaN non-ground-truth item never outranks a finite
+ground truth. A model whose weights are NaN gets R@K = 0, never 100 (``>=`` is false for NaN).
 """
 from __future__ import annotations
 
@@ -16,8 +21,16 @@ import torch
 RECALL_KS = (1, 5, 10)
 
 
+def finite_or_last(scores: torch.Tensor) -> torch.Tensor:
+    """``scores`` with every non-finite value (NaN, +-inf) replaced by -inf: it ranks last."""
+    if scores.is_floating_point():
+        return scores.masked_fill(~torch.isfinite(scores), float("-inf"))
+    return scores
+
+
 def gt_ranks(scores: torch.Tensor, is_gt: torch.Tensor) -> torch.Tensor:
     """0-based rank of each row's best ground truth: how many non-ground-truth items score >= it."""
+    scores = finite_or_last(scores)
     best = scores.masked_fill(~is_gt, float("-inf")).amax(1, keepdim=True)
     return ((scores >= best) & ~is_gt).sum(1)
 
@@ -35,6 +48,7 @@ def t2i_counts(scores: torch.Tensor, gt_scores: torch.Tensor, caption_image: tor
     Summed over all row blocks this is the text->image rank; ``gt_scores`` (Nt,) are the scores
     of each caption with its own image.
     """
+    scores, gt_scores = finite_or_last(scores), finite_or_last(gt_scores)
     ni = scores.size(0)
     image_ids = torch.arange(image_offset, image_offset + ni, device=scores.device)
     not_gt = caption_image.view(1, -1) != image_ids.view(-1, 1)
@@ -52,9 +66,15 @@ def ranks_from_scores(scores: torch.Tensor | np.ndarray,
 
 
 def recall_summary(ranks: np.ndarray, ks: tuple[int, ...] = RECALL_KS) -> dict[str, float]:
-    """R@K (percent), median and mean rank (1-based, VSE++'s ``floor(median) + 1``)."""
+    """R@K (percent), median and mean rank (1-based, VSE++'s ``floor(median) + 1``).
+
+    R@K is computed as the reference does, ``100.0 * count / n`` (not ``100 * mean``), so the
+    floats are the reference's own (47.1, not 47.099999999999994).
+    """
     ranks = np.asarray(ranks)
-    out = {f"r{k}": float(100.0 * np.mean(ranks < k)) for k in ks}
+    if ranks.size == 0:
+        raise ValueError("no queries to rank (empty split)")
+    out = {f"r{k}": 100.0 * int(np.count_nonzero(ranks < k)) / len(ranks) for k in ks}
     out["medr"] = float(np.floor(np.median(ranks)) + 1)
     out["meanr"] = float(ranks.mean() + 1)
     return out

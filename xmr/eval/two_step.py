@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from xmr.data.pairs import PairData
 from xmr.eval.evaluate import encode
-from xmr.eval.metrics import gt_ranks, recall_summary, summarize
+from xmr.eval.metrics import finite_or_last, gt_ranks, recall_summary, summarize
 from xmr.models.base import Reps, RetrievalModel
 
 
@@ -46,7 +46,7 @@ def rerank_direction(model: RetrievalModel, queries: Reps, items: Reps, q_emb: t
     for s in tqdm(range(0, nq, block), desc=f"re-rank top {k}", disable=not progress):
         q = torch.arange(s, min(nq, s + block))
         t0 = time.perf_counter()
-        coarse = q_emb[q] @ i_emb.T  # (B, N_items)
+        coarse = finite_or_last(q_emb[q] @ i_emb.T)  # (B, N_items); non-finite ranks last
         is_gt = is_gt_fn(q)
         first_ranks[q] = gt_ranks(coarse, is_gt)
         cand = coarse.topk(k, dim=1).indices  # (B, K)

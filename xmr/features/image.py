@@ -31,6 +31,7 @@ from PIL import Image
 from xmr.backbones import BACKBONES, FEATURE_DIM, efficientnet
 from xmr.data.base import DataError, Split
 from xmr.data.images import to_tensor_array
+from xmr.features.fingerprint import image_key, matches, stale, write_key
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,20 @@ def skipped_images(out: str | Path, split: str) -> list[dict]:
     return json.loads(path.read_text()) if path.is_file() else []
 
 
+def _legacy_match(out: Path, split: Split, key: str) -> bool:
+    """A cache written before content keys: accept it when its stored image ids are the split's,
+    in order (and record the key, so the next check is exact)."""
+    from xmr.features.fingerprint import key_file
+
+    ids_file = feature_dirs(out)[1] / f"{split.name}_ids.txt"
+    if key_file(out / split.name).is_file() or not ids_file.is_file():
+        return False
+    if ids_file.read_text(encoding="utf-8").splitlines() != list(split.image_ids):
+        return False
+    write_key(out / split.name, key, images=split.n_images, legacy=True)
+    return True
+
+
 def extract_split(split: Split, out: str | Path, extractor: str = "efficientnet-lite0-224",
                   batch_size: int = 32, progress: bool = True, on_bad_input: str = "fail") -> dict:
     """Extract (or resume, or reuse) the features of one split. Returns throughput stats.
@@ -145,16 +160,23 @@ def extract_split(split: Split, out: str | Path, extractor: str = "efficientnet-
     grid_dir, pooled_dir = feature_dirs(out)
     dirs = (grid_dir, pooled_dir, trunk_dir(out))
     name = split.name
+    key = image_key(split, extractor)
     if is_complete(out, name):
-        return {"split": name, "images": split.n_images, "reused": True,
-                "skipped": len(skipped_images(out, name))}
+        if matches(out / name, key) or _legacy_match(out, split, key):
+            return {"split": name, "images": split.n_images, "reused": True,
+                    "skipped": len(skipped_images(out, name))}
+        stale(out / name, "features")  # the split changed since: extract again
+        for d in dirs:
+            (d / f"{name}_ims.npy").unlink(missing_ok=True)
+        (out / f"{name}.skipped.json").unlink(missing_ok=True)
     for d in dirs:
         d.mkdir(parents=True, exist_ok=True)
     n, r = split.n_images, spec.grid * spec.grid
     grid_tmp, pooled_tmp, trunk_tmp = (d / f"{name}_ims.npy.partial" for d in dirs)
     state_file = out / f"{name}.progress.json"
     state = json.loads(state_file.read_text()) if state_file.is_file() else {}
-    resume = state.get("n") == n and state.get("extractor") == extractor and grid_tmp.is_file()
+    resume = (state.get("n") == n and state.get("extractor") == extractor and state.get("key") == key
+              and grid_tmp.is_file())
     mode = "r+" if resume else "w+"
     grid = np.lib.format.open_memmap(grid_tmp, mode=mode, dtype=np.float16, shape=(n, r, FEATURE_DIM))
     pooled = np.lib.format.open_memmap(pooled_tmp, mode=mode, dtype=np.float16, shape=(n, FEATURE_DIM))
@@ -184,7 +206,7 @@ def extract_split(split: Split, out: str | Path, extractor: str = "efficientnet-
         pooled[s: s + len(idx)] = regions.mean(1).numpy().astype(np.float16)
         for m in (trunk, grid, pooled):
             m.flush()
-        state = {"n": n, "extractor": extractor, "done": s + len(idx), "skipped": skipped}
+        state = {"n": n, "extractor": extractor, "key": key, "done": s + len(idx), "skipped": skipped}
         state_file.write_text(json.dumps(state))
         bar.update(len(idx))
     bar.close()
@@ -196,6 +218,9 @@ def extract_split(split: Split, out: str | Path, extractor: str = "efficientnet-
         os.replace(tmp, d / f"{name}_ims.npy")
     if skipped:
         (out / f"{name}.skipped.json").write_text(json.dumps(skipped, indent=1))
+    else:
+        (out / f"{name}.skipped.json").unlink(missing_ok=True)
+    write_key(out / name, key, images=n, extractor=extractor)
     state_file.unlink(missing_ok=True)
     (out / "extractor.json").write_text(json.dumps({"extractor": extractor, "feature_dim": FEATURE_DIM,
                                                     "grid": spec.grid, "trunk_cut": spec.trunk_cut,

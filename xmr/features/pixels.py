@@ -25,6 +25,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from xmr.data.base import DataError, Split
+from xmr.features.fingerprint import image_key, matches, stale, write_key
 
 
 def pixel_root(dataset_key: str, resolution: int, cache: str | Path) -> Path:
@@ -52,12 +53,14 @@ def cache_pixels(split: Split, root: str | Path, resolution: int, progress: bool
                         "pixels needs the images")
     root = Path(root)
     path, skipped_file = root / f"{split.name}.npy", root / f"{split.name}.skipped.json"
+    key = image_key(split, "pixels", int(resolution))
     if path.is_file():
         arr = np.load(path, mmap_mode="r")
-        if arr.shape == (split.n_images, resolution, resolution, 3) and arr.dtype == np.uint8:
+        if arr.shape == (split.n_images, resolution, resolution, 3) and arr.dtype == np.uint8 \
+                and matches(path, key):
             skipped = json.loads(skipped_file.read_text()) if skipped_file.is_file() else []
             return arr, skipped
-        # A stale file (e.g. the dataset changed): rebuild it.
+        stale(path, "pixels")  # a stale file (the split's images changed): rebuild it
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f"{split.name}.npy.{os.getpid()}.partial"
     n = split.n_images
@@ -79,6 +82,7 @@ def cache_pixels(split: Split, root: str | Path, resolution: int, progress: bool
         else:
             skipped_file.unlink(missing_ok=True)
         os.replace(tmp, path)
+        write_key(path, key, images=n, resolution=int(resolution))
     finally:
         tmp.unlink(missing_ok=True)
     return np.load(path, mmap_mode="r"), skipped

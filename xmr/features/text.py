@@ -45,11 +45,15 @@ def bert_states(captions: list[str], out: str | Path, split: str, max_len: int =
                 batch_size: int = 128, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Token states and attention masks of every caption, computed once and memory-mapped."""
     out = Path(out)
+    from xmr.features.fingerprint import content_key, matches, stale, write_key
+
     states_file, mask_file = out / f"{split}_bert.npy", out / f"{split}_bert_mask.npy"
+    key = content_key("bert", BERT_DIM, int(max_len), list(captions))
     if states_file.is_file() and mask_file.is_file():
         states, mask = np.load(states_file, mmap_mode="r"), np.load(mask_file, mmap_mode="r")
-        if len(states) == len(captions):
+        if len(states) == len(captions) and states.shape[1] == max_len and matches(states_file, key):
             return states, mask
+        stale(states_file, "BERT states")
     out.mkdir(parents=True, exist_ok=True)
     tokenizer, model = load_bert()
     states = np.lib.format.open_memmap(str(states_file) + ".partial", mode="w+", dtype=np.float16,
@@ -63,4 +67,5 @@ def bert_states(captions: list[str], out: str | Path, split: str, max_len: int =
     del states
     np.save(mask_file, mask)
     os.replace(str(states_file) + ".partial", states_file)
+    write_key(states_file, key, captions=len(captions), max_len=int(max_len))
     return np.load(states_file, mmap_mode="r"), np.load(mask_file, mmap_mode="r")

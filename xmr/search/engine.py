@@ -37,6 +37,24 @@ class Hit:
         return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
+def _read_faiss(read, path: Path):
+    """A faiss index file; a missing, truncated or corrupt one is a SearchError naming it."""
+    if not path.is_file():
+        raise SearchError(f"{path}: index file missing; rebuild the index with `xmr index build`")
+    try:
+        return read(str(path))
+    except RuntimeError as e:
+        raise SearchError(f"{path}: unreadable faiss index ({path.stat().st_size} bytes, truncated or corrupt: "
+                          f"{str(e).strip().splitlines()[-1][:120]}); rebuild the index with `xmr index build`") from None
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8-sig"))
+    except (OSError, ValueError) as e:
+        raise SearchError(f"{path}: unreadable ({e}); rebuild the index with `xmr index build`") from None
+
+
 class Searcher:
     """A loaded index with its model; thread-safe for reads (torch inference, faiss search)."""
 
@@ -57,9 +75,9 @@ class Searcher:
         if self.run_meta["model"] != self.meta["model"]:
             raise SearchError(f"{self.path}: index is for model {self.meta['model']!r}, run holds "
                               f"{self.run_meta['model']!r}")
-        self.items = json.loads((self.path / "items.json").read_text())
-        self.indexes = {side: faiss.read_index(str(self.path / f"{side}.faiss")) for side in self.meta["counts"]}
-        self.binary_indexes = {side: faiss.read_index_binary(str(self.path / f"{side}.bin.faiss"))
+        self.items = _read_json(self.path / "items.json")
+        self.indexes = {side: _read_faiss(faiss.read_index, self.path / f"{side}.faiss") for side in self.meta["counts"]}
+        self.binary_indexes = {side: _read_faiss(faiss.read_index_binary, self.path / f"{side}.bin.faiss")
                                for side in self.meta["counts"] if (self.path / f"{side}.bin.faiss").is_file()}
         self.shortlist = shortlist
         self.image_of = {image_id: i for i, image_id in enumerate(self.items["image_ids"])}

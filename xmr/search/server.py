@@ -10,7 +10,11 @@ Endpoints (all answers JSON unless noted; errors are 4xx with ``{"detail": messa
 - ``GET  /api/items/{image_id}?k=5``          an image's own captions and the index's best sentences
 - ``GET  /api/attention/{image_id}?q=...``    the model's attention grid for a sentence (404 if none)
 - ``GET  /images/{image_id}``                 the image (PNG), only from the index's own collection
-- ``GET  /``                                  the search page
+- ``GET  /``                                  the search page (text/html)
+
+Every status an endpoint can answer is declared in the OpenAPI spec (``/openapi.json``) and the
+suite fuzzes the API against it (``tests/test_api_fuzz.py``). Model work (text and image encoding,
+re-ranking, image decoding) runs in a worker thread, never on the event loop.
 """
 from __future__ import annotations
 
@@ -18,15 +22,40 @@ import io
 from pathlib import Path
 
 from fastapi import FastAPI, File, Form, HTTPException, Query, UploadFile
-from fastapi.responses import FileResponse, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, HTMLResponse, Response
 from PIL import Image, UnidentifiedImageError
 
+from xmr.data.base import DataError
 from xmr.data.images import MAX_PIXELS
 from xmr.search.engine import MAX_K, MAX_QUERY_CHARS, Searcher
 from xmr.search.index import SearchError
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 STATIC = Path(__file__).parent / "static"
+
+
+def _errors(*codes: int) -> dict:
+    """OpenAPI ``responses=`` entries for these error statuses (all ``{"detail": message}``)."""
+    what = {400: "bad query (message says why)", 404: "no such image / no attention map",
+            413: "upload too large (bytes or pixels)", 415: "not a readable image",
+            422: "request does not match the schema", 500: "never (a bug)"}
+    return {c: {"description": what[c], "content": {"application/json": {"schema": {
+        "type": "object", "properties": {"detail": {}}, "required": ["detail"]}}}} for c in codes}
+
+
+def decode_upload(data: bytes, filename: str):
+    """An uploaded image as RGB, or the HTTP error for it (413 over the pixel limit or a
+    decompression bomb, 415 unreadable)."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if im.width * im.height > MAX_PIXELS:
+                raise HTTPException(413, f"image is {im.width}x{im.height}, over {MAX_PIXELS} pixels")
+            return im.convert("RGB")
+    except Image.DecompressionBombError as e:
+        raise HTTPException(413, f"{filename} is over {MAX_PIXELS} pixels (decompression bomb)") from e
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise HTTPException(415, f"{filename} is not a readable image ({e.__class__.__name__})") from e
 
 
 def create_app(searcher: Searcher) -> FastAPI:
@@ -39,8 +68,10 @@ def create_app(searcher: Searcher) -> FastAPI:
             raise HTTPException(400, str(e)) from e
         except KeyError as e:
             raise HTTPException(404, e.args[0]) from e
+        except DataError as e:  # an indexed image file that is gone or corrupt
+            raise HTTPException(404, f"image file unavailable: {e}") from e
 
-    @app.get("/api/health")
+    @app.get("/api/health", responses=_errors(422))
     def health() -> dict:
         m = searcher.meta
         return {"status": "ok", "model": m["model"], "pairwise": m["pairwise"], "collection": m["collection"],
@@ -48,52 +79,54 @@ def create_app(searcher: Searcher) -> FastAPI:
                 "metric": m.get("metric", "ip"), "binary_bits": m.get("binary_bits"),
                 "limits": {"k": [1, MAX_K], "query_chars": MAX_QUERY_CHARS, "upload_bytes": MAX_UPLOAD_BYTES}}
 
-    @app.get("/api/search")
-    def search(q: str = Query("", description="the sentence"), k: int = Query(10),
+    @app.get("/api/search", responses=_errors(400, 422))
+    def search(q: str = Query(..., description="the sentence", min_length=1, max_length=MAX_QUERY_CHARS,
+                              pattern=r"\S"),
+               k: int = Query(10, ge=1, le=MAX_K),
                binary: bool = Query(False, description="Hamming search on hash codes")) -> dict:
         hits = guard(searcher.search_text, q, k, binary)
         return {"query": q, "k": k, "binary": binary, "results": [h.as_dict() for h in hits]}
 
-    @app.post("/api/search/image")
-    async def search_image(file: UploadFile = File(...), k: int = Form(10), binary: bool = Form(False)) -> dict:
+    @app.post("/api/search/image", responses=_errors(400, 413, 415, 422))
+    async def search_image(file: UploadFile = File(...), k: int = Form(10, ge=1, le=MAX_K),
+                           binary: bool = Form(False)) -> dict:
         data = await file.read(MAX_UPLOAD_BYTES + 1)
         if len(data) > MAX_UPLOAD_BYTES:
             raise HTTPException(413, f"upload is over {MAX_UPLOAD_BYTES // (1024 * 1024)} MB")
         if not data:
             raise HTTPException(400, "empty upload")
-        try:
-            with Image.open(io.BytesIO(data)) as im:
-                if im.width * im.height > MAX_PIXELS:
-                    raise HTTPException(413, f"image is {im.width}x{im.height}, over {MAX_PIXELS} pixels")
-                image = im.convert("RGB")
-        except (UnidentifiedImageError, OSError) as e:
-            raise HTTPException(415, f"{file.filename or 'upload'} is not a readable image ({e.__class__.__name__})") from e
-        hits = guard(searcher.search_image, image, k, binary)
+        # Decoding and the CNN run in a worker thread: the event loop keeps answering other requests.
+        image = await run_in_threadpool(decode_upload, data, file.filename or "upload")
+        hits = await run_in_threadpool(guard, searcher.search_image, image, k, binary)
         return {"k": k, "binary": binary, "results": [h.as_dict() for h in hits]}
 
-    @app.get("/api/items/{image_id:path}")
-    def item(image_id: str, k: int = Query(5)) -> dict:
+    @app.get("/api/items/{image_id:path}", responses=_errors(400, 404, 422))
+    def item(image_id: str, k: int = Query(5, ge=1, le=MAX_K)) -> dict:
         own = guard(searcher.own_captions, image_id)
         best = guard(searcher.sentences_for_item, image_id, k) if "captions" in searcher.indexes else []
         return {"image_id": image_id, "captions": own, "best_sentences": [h.as_dict() for h in best]}
 
-    @app.get("/api/attention/{image_id:path}")
-    def attention(image_id: str, q: str = Query("")) -> dict:
+    @app.get("/api/attention/{image_id:path}", responses=_errors(400, 404, 422))
+    def attention(image_id: str, q: str = Query(..., min_length=1, max_length=MAX_QUERY_CHARS,
+                                                pattern=r"\S")) -> dict:
         out = guard(searcher.attention, image_id, q)
         if out is None:
             raise HTTPException(404, f"model {searcher.meta['model']!r} has no attention map")
         return out
 
-    @app.get("/images/{image_id:path}")
+    @app.get("/images/{image_id:path}", response_class=Response, responses={
+        200: {"description": "the image", "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}},
+        **_errors(404, 422)})
     def image(image_id: str) -> Response:
         picture = guard(searcher.load_image, image_id)
         buf = io.BytesIO()
         picture.save(buf, format="PNG")
         return Response(buf.getvalue(), media_type="image/png", headers={"Cache-Control": "max-age=3600"})
 
-    @app.get("/")
+    @app.get("/", response_class=HTMLResponse, responses={
+        200: {"description": "the search page", "content": {"text/html": {"schema": {"type": "string"}}}}})
     def page() -> FileResponse:
-        return FileResponse(STATIC / "index.html", media_type="text/html")
+        return FileResponse(STATIC / "index.html", media_type="text/html; charset=utf-8")
 
     return app
 
