@@ -160,7 +160,11 @@ def cmd_eval(args) -> int:
     from xmr import checkpoint
     from xmr.models import get_entry
 
-    learns_from = get_entry(checkpoint.read_meta(Path(args.run) / args.checkpoint)["model"]).cls.learns_from
+    stem = Path(args.run) / args.checkpoint
+    try:
+        learns_from = get_entry(checkpoint.read_meta(stem).get("model")).cls.learns_from
+    except KeyError as e:  # a checkpoint naming no registered model
+        raise checkpoint.CheckpointError(f"{stem.with_suffix('.json')}: {e.args[0]}") from None
     if (args.protocol or learns_from) == "labels":
         return _eval_labels(args)
     return _eval_pairs(args)
