@@ -109,3 +109,24 @@ def test_fine_tuning_starts_from_the_frozen_feature_run(feature_cache, tmp_path)
     dev_a = evaluate(a, pair_data(DATA, "dev", a.inputs, vocab, meta["max_len"], cache=feature_cache, progress=False))
     dev_b = evaluate(b, pair_data(DATA, "dev", b.inputs, vocab, meta["max_len"], cache=feature_cache, progress=False))
     assert abs(dev_a["rsum"] - dev_b["rsum"]) < 3.0, (dev_a["rsum"], dev_b["rsum"])
+
+
+def test_paper_ft_fine_tunes_the_whole_cnn_from_pixels(feature_cache, tmp_path):
+    """The paper preset's path (FT + RC from pixels), small: every CNN block trains, crops stay seeded."""
+    from xmr.models import create_model, get_preset
+
+    preset = get_preset("vsepp", "paper-ft")
+    assert preset.model["image_input"] == "pixels" and preset.train["augment"] == "crop-flip"
+    run = tmp_path / "ft"
+    train(TrainConfig(model="vsepp", preset="tiny", data=DATA, out=str(run), cache=str(feature_cache),
+                      progress=False, overrides={"image_input": "pixels", "resolution": 64, "augment": "crop-flip",
+                                                 "epochs": 1, "batch_size": 16, "train_images": 40,
+                                                 "tail_lr_scale": 0.1}))
+    weights = load_file(str(run / "best.safetensors"))
+    fresh = create_model("vsepp", vocab_size=10, image_dim=1280, image_input="pixels", resolution=64)
+    stem = fresh.tail.stem[0].weight
+    assert len(fresh.tail.frozen) == 0 and len(fresh.tail.blocks) == 16  # every Lite0 block trains
+    assert not torch.equal(weights["model.tail.stem.0.weight"], stem), "the stem was fine-tuned"
+    maps = torch.randint(0, 255, (3, 64, 64, 3), dtype=torch.uint8)
+    a = augment_maps(maps, "crop", np.random.default_rng(5))
+    assert a.dtype == torch.uint8 and a.shape[-1] == 3 and 56 <= a.shape[1] == a.shape[2] <= 64

@@ -17,9 +17,18 @@ AUGMENTS = ("none", "crop", "flip", "crop-flip")
 def augment_maps(maps: torch.Tensor, augment: str, rng: np.random.Generator) -> torch.Tensor:
     """Random crops and/or horizontal flips of activation maps (B, C, g, g), as VSE++'s random-crop
     augmentation ("RC") but on the cached trunk: one crop side per batch, drawn from g-2..g (so
-    every row stacks), a random offset and a flip with probability 1/2 per row."""
+    every row stacks), a random offset and a flip with probability 1/2 per row. uint8 pixels
+    (B, R, R, 3) are cropped to a side of 7/8 R..R instead (the CNN pools whatever size it gets)."""
+    if maps.dtype == torch.uint8:
+        r = maps.shape[1]
+        low = r - r // 8
+        return _crop_flip(maps.permute(0, 3, 1, 2), augment, rng, low).permute(0, 2, 3, 1).contiguous()
+    return _crop_flip(maps, augment, rng, maps.shape[-1] - 2)
+
+
+def _crop_flip(maps: torch.Tensor, augment: str, rng: np.random.Generator, low: int) -> torch.Tensor:
     b, _, g, _ = maps.shape
-    side = int(rng.integers(max(1, g - 2), g + 1)) if "crop" in augment else g
+    side = int(rng.integers(max(1, low), g + 1)) if "crop" in augment else g
     oy, ox = rng.integers(0, g - side + 1, size=(2, b))
     flip = rng.random(b) < 0.5 if "flip" in augment else np.zeros(b, dtype=bool)
     offs = np.arange(side)
@@ -106,7 +115,7 @@ class PairData:
         if augment not in AUGMENTS:
             raise ValueError(f"augment={augment!r}: use one of {', '.join(AUGMENTS)}")
         if augment != "none" and (self.features is None or self.features.ndim != 4):
-            raise ValueError(f"augment={augment!r} needs image input 'trunk' (cached activation maps)")
+            raise ValueError(f"augment={augment!r} needs image input 'trunk' or 'pixels' (maps or images)")
         self.augment = augment
 
     def train_batches(self, batch_size: int, rng: np.random.Generator) -> Iterator[dict]:
