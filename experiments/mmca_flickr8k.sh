@@ -18,7 +18,7 @@ ABL_IMAGES=${ABL_IMAGES:-1000}
 ABL_EPOCHS=${ABL_EPOCHS:-2}
 ABL_K=${ABL_K:-20}
 STAGE=${1:-all}
-VSEPP_RUN=runs/vsepp-f8k-sweep/$(cat results/vsepp-flickr8k/chosen.txt)
+VSEPP_RUN=${VSEPP_RUNS:-runs/vsepp-f8k-levers}/$(cat results/vsepp-flickr8k/chosen.txt)  # experiments/vsepp_flickr8k.sh
 mkdir -p "$OUT" "$RUNS"
 $XMR features flickr8k >/dev/null
 
