@@ -20,7 +20,7 @@ from xmr.data.pairs import PairData
 from xmr.data.precomputed import read_precomputed
 from xmr.data.text import Vocab
 from xmr.features.image import extract_split, feature_dirs, skipped_images
-from xmr.models.base import Inputs
+from xmr.interface import Inputs
 
 DEFAULT_CACHE = Path(os.environ.get("XMR_CACHE", "runs/cache"))
 IMAGE_INPUTS = ("pooled", "regions")

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-BERT_DIM = 384
+from xmr.interface import BERT_DIM
 
 
 def load_bert():

@@ -28,15 +28,10 @@ from typing import Any, Callable, ClassVar
 import torch
 from torch import nn
 
-Reps = dict[str, torch.Tensor]
+from xmr.interface import Inputs, Reps
 
-
-@dataclass(frozen=True)
-class Inputs:
-    image: str = "pooled"  # "pooled" | "regions" | "pixels" (raw uint8 images, Revisiting)
-    text: tuple[str, ...] = ("tokens",)
-    labels: bool = False  # training batches carry class labels (the dataset's, else keyword labels)
-    pixels: int = 0  # with image="pixels": the square resolution R of the (N, R, R, 3) uint8 images
+__all__ = ["Inputs", "ModelEntry", "Preset", "RetrievalModel", "Reps", "create_model", "get_entry",
+           "get_preset", "model_names", "register"]
 
 
 class RetrievalModel(nn.Module):

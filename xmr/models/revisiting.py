@@ -77,9 +77,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xmr.data.images import IMAGENET_MEAN, IMAGENET_STD
-from xmr.data.text import SPECIALS
 from xmr.data.text_image import CONFIG2_CROP, BlockEncoder
+from xmr.interface import IMAGENET_MEAN, IMAGENET_STD, SPECIALS
 from xmr.losses import CenterLoss
 from xmr.models.base import Inputs, Preset, RetrievalModel, Reps, register
 

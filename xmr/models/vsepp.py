@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from xmr.losses import triplet_ranking_loss
+from xmr.interface import BERT_DIM
 from xmr.models.base import Inputs, Preset, RetrievalModel, Reps, register
-from xmr.features.text import BERT_DIM
 from xmr.models.text_encoders import GRUEncoder
 
 PRESETS = {
