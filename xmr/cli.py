@@ -87,12 +87,11 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     from xmr.eval.evaluate import evaluate, format_table
-    from xmr.features.store import pair_data
-    from xmr.train import load_trained
+    from xmr.runs import open_run
 
-    model, vocab, meta = load_trained(args.run, args.checkpoint)
-    data = pair_data(args.data or meta["data"], args.split, model.inputs, vocab, meta["max_len"],
-                     meta["extractor"], Path(args.cache), on_bad_input=args.on_bad_input)
+    trained = open_run(args.run, args.checkpoint)
+    model, meta = trained.model, trained.meta
+    data = trained.data(args.split, args.data, Path(args.cache), on_bad_input=args.on_bad_input)
     if args.no_exhaustive and not args.two_step:
         raise SystemExit("xmr eval: --no-exhaustive needs --two-step K")
     if args.kshot and (args.no_exhaustive or args.folds != 1):

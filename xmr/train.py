@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from xmr import checkpoint, distributed
-from xmr.data import open_split
+from xmr.data import DatasetSpec, open_split
 from xmr.data.pairs import PairData
 from xmr.data.text import Vocab, glove_vectors, skipgram_vectors
 from xmr.eval.evaluate import evaluate, format_table
@@ -192,11 +192,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                              "overrides": {**saved["overrides"], **cfg.overrides}})
     model_kw, recipe = cfg.resolved()
     inputs = get_entry(cfg.model).cls.inputs_for(**model_kw)
+    spec = DatasetSpec.parse(cfg.data)  # once, for the vocabulary and every split
     if resuming:
         vocab = Vocab.load(out / "vocab.json")
     else:
         # The vocabulary comes from the training split only.
-        vocab = Vocab.build(open_split(cfg.data, "train").captions, recipe["min_word_count"])
+        vocab = Vocab.build(open_split(spec, "train").captions, recipe["min_word_count"])
     distributed.barrier(ctx)  # every rank has read the old config and vocabulary
     if ctx.main:
         if not resuming:
@@ -204,7 +205,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
 
     def load(split: str) -> PairData:
-        return pair_data(cfg.data, split, inputs, vocab, recipe["max_len"], cfg.extractor, Path(cfg.cache),
+        return pair_data(spec, split, inputs, vocab, recipe["max_len"], cfg.extractor, Path(cfg.cache),
                          cfg.progress and ctx.main, cfg.on_bad_input)
 
     if not ctx.main:  # rank 0 extracts features into the cache first; the others then read them
@@ -306,13 +307,3 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     if ctx.main and "i2t" in best:
         print(f"best dev epoch {best.get('epoch', -1) + 1}:\n{format_table(best)}", flush=True)
     return best
-
-
-def load_trained(run: str | Path, which: str = "best") -> tuple[RetrievalModel, Vocab, dict]:
-    """A trained model, its vocabulary and its checkpoint metadata from a run directory."""
-    run = Path(run)
-    stem = run / which
-    meta = checkpoint.read_meta(stem)
-    model = create_model(meta["model"], **meta["model_kwargs"])
-    checkpoint.load(stem, model)
-    return model.eval(), Vocab.load(run / "vocab.json"), meta

@@ -51,6 +51,11 @@ class DatasetSpec:
             raise DataError(f"dataset {kind!r} needs a path: {kind}:PATH")
         return cls(kind, path or None, options)
 
+    @classmethod
+    def of(cls, spec: "str | DatasetSpec") -> "DatasetSpec":
+        """``spec`` parsed, or as it is if it already is one: parse a spec once, pass the result on."""
+        return spec if isinstance(spec, DatasetSpec) else cls.parse(spec)
+
     @property
     def key(self) -> str:
         """A filesystem-safe name for caches of this dataset."""
@@ -65,7 +70,7 @@ class DatasetSpec:
 
 def open_split(spec: str | DatasetSpec, split: str) -> Split:
     """Read one split of a dataset."""
-    s = DatasetSpec.parse(spec) if isinstance(spec, str) else spec
+    s = DatasetSpec.of(spec)
     k = int(s.options.get("captions_per_image", CAPTIONS_PER_IMAGE))
     if s.kind == "synthetic":
         n = s.options.get(f"n_{split}")
