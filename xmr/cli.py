@@ -23,21 +23,10 @@ dataset specs: synthetic | flickr8k[:PATH] | karpathy:JSON,images=DIR | coco:DIR
 """
 
 
-def _parse_value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
 def _overrides(pairs: list[str]) -> dict:
-    out = {}
-    for pair in pairs:
-        key, eq, value = pair.partition("=")
-        if not eq:
-            raise SystemExit(f"--set {pair!r}: expected KEY=VALUE")
-        out[key] = _parse_value(value)
-    return out
+    from xmr.options import key_values
+
+    return key_values(pairs, lambda pair: SystemExit(f"--set {pair!r}: expected KEY=VALUE"))
 
 
 def cmd_data(args) -> int:

@@ -39,6 +39,7 @@ from xmr.eval.ranking import label_retrieval_metrics, relevance
 from xmr.features.store import DEFAULT_CACHE
 from xmr.models import create_model
 from xmr.models.cmmn import CMMN, fused_codes, select_memory, sentence_vectors
+from xmr.options import key_values
 from xmr.train import make_optimizer, resolve_preset, seed_everything
 
 RECIPE_DEFAULTS = dict(pre_epochs=15, epochs=20, batch_size=128, lr=1e-3, pre_lr=1e-3, optimizer="adam",
@@ -101,15 +102,8 @@ def open_labelled(data: str, cache: Path = DEFAULT_CACHE, extractor: str = "effi
     ``flickr8k``, or a ``.npz`` / ``.mat`` file."""
     name, *options = data.split(",")
     if name == "synthetic-scenes":
-        kwargs = {"seed": seed}
-        for option in options:
-            key, eq, value = option.partition("=")
-            if not eq:
-                raise ValueError(f"labelled data {data!r}: option {option!r} is not KEY=VALUE")
-            try:
-                kwargs[key] = json.loads(value)
-            except json.JSONDecodeError:
-                kwargs[key] = value
+        kwargs = {"seed": seed, **key_values(
+            options, lambda option: ValueError(f"labelled data {data!r}: option {option!r} is not KEY=VALUE"))}
         try:
             return synthetic_scenes(**kwargs)
         except TypeError as e:

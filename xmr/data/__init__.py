@@ -19,6 +19,7 @@ from xmr.data.flickr8k import read_flickr8k
 from xmr.data.karpathy import read_karpathy
 from xmr.data.precomputed import read_precomputed
 from xmr.data.synthetic import read_synthetic
+from xmr.options import key_values
 
 __all__ = ["DataError", "DatasetSpec", "Split", "SPLITS", "open_split"]
 
@@ -39,12 +40,8 @@ class DatasetSpec:
         kind, _, path = head.partition(":")
         if kind not in KINDS:
             raise DataError(f"unknown dataset kind {kind!r} in {spec!r}; choose one of {', '.join(KINDS)}")
-        options = {}
-        for opt in opts:
-            key, eq, value = opt.partition("=")
-            if not eq:
-                raise DataError(f"dataset option {opt!r} in {spec!r} is not key=value")
-            options[key.strip()] = value.strip()
+        options = key_values(opts, lambda opt: DataError(f"dataset option {opt!r} in {spec!r} is not key=value"),
+                             typed=False)
         if kind == "flickr8k" and not path:
             path = DEFAULT_FLICKR8K
         if kind in ("karpathy", "coco", "precomputed") and not path:

@@ -124,7 +124,7 @@ from torch import nn
 
 from xmr.losses import triplet_ranking_loss
 from xmr.models.base import Inputs, Preset, RetrievalModel, Reps, register
-from xmr.models.text_encoders import GRUEncoder, word_embedding
+from xmr.models.text_encoders import GRUEncoder, drop_padding_columns, word_embedding
 
 EPS = 1e-8
 
@@ -270,13 +270,6 @@ def _softmax_regions(logits: torch.Tensor) -> torch.Tensor:
     return e / e.sum(1, keepdim=True)
 
 
-def _trim(txt: Reps) -> Reps:
-    """Drop trailing columns that are padding in every sentence (texts come padded to max_len)."""
-    valid = txt["mask"].any(0).nonzero()
-    width = int(valid.max()) + 1 if valid.numel() else 1
-    return {k: v[:, :width] for k, v in txt.items()}
-
-
 @register("acmm", presets=PRESETS)
 class ACMM(RetrievalModel):
     inputs = Inputs(image="regions", text=("tokens",))
@@ -399,7 +392,7 @@ class ACMM(RetrievalModel):
         """What t^V and t^S see for the aligned pairs (image p, sentence p): the aligned vectors v_j
         (with the alignment; the regions a_i for the "mem" ablation) and the word states s_j, each
         with its mask: (xv, mask_v, xs, mask_s)."""
-        txt = _trim(txt)
+        txt = drop_padding_columns(txt)
         mask = txt["mask"]
         if self.use_alignment:
             g = _softmax_regions(_iw(img["phi"], txt["alpha"]))  # (P, I, T)
@@ -544,7 +537,7 @@ class ACMM(RetrievalModel):
         memory = self.memory if self.use_memory else None
         if not self.use_alignment:
             return (self._pooled_read(img, memory) * self._pooled_read(txt, memory)).sum(-1)
-        txt = _trim(txt)
+        txt = drop_padding_columns(txt)
         mask = txt["mask"].to(txt["words"].dtype)
         lengths = mask.sum(1).clamp(min=1)
         step = max(1, self.cell_chunk // mask.size(1))

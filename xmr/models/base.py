@@ -66,10 +66,14 @@ class RetrievalModel(nn.Module):
 
     def pair_similarity(self, img: Reps, txt: Reps) -> torch.Tensor:
         """Scores (P,) of aligned rows, image p with sentence p: what two-step re-ranking asks of a
-        pairwise model for its shortlist. Default: embedding model, row-wise dot product."""
+        pairwise model for its shortlist. Default: embedding model, the row-wise dot product of
+        ``embed`` vectors, or under ``metric = "l2"`` their negative squared Euclidean distance."""
         if self.pairwise:
             raise NotImplementedError(f"pairwise model {self.name!r} must implement pair_similarity")
-        return (self.embed(img) * self.embed(txt)).sum(-1)
+        a, b = self.embed(img), self.embed(txt)
+        if self.metric == "l2":
+            return -(a - b).pow(2).sum(-1)
+        return (a * b).sum(-1)
 
     def indexed_pair_similarity(self, img: Reps, txt: Reps, img_index: torch.Tensor,
                                 txt_index: torch.Tensor) -> torch.Tensor:

@@ -234,9 +234,6 @@ class CMMN(RetrievalModel):
         """Negative squared Euclidean distance between the h of images and sentences."""
         return -torch.cdist(img["emb"], txt["emb"]).pow(2)
 
-    def pair_similarity(self, img: Reps, txt: Reps) -> torch.Tensor:
-        return -(img["emb"] - txt["emb"]).pow(2).sum(-1)
-
     def loss(self, img: Reps, txt: Reps, batch: dict) -> dict:
         raise NotImplementedError("CMMN learns from class labels in stages: train it with `xmr cmmn train`")
 

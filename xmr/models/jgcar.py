@@ -40,6 +40,7 @@ from torch import nn
 
 from xmr.losses import triplet_ranking_loss
 from xmr.models.base import Inputs, Preset, RetrievalModel, Reps, register
+from xmr.models.text_encoders import drop_padding_columns
 
 PRESETS = {
     # Sec. 3.1: 512-d word embeddings and hidden layers, d = 256, dropout 0.5, gamma 10, M' = 30,
@@ -242,17 +243,12 @@ class JGCAR(RetrievalModel):
         logit_s = self.w_hs(h_s).squeeze(-1).masked_fill(~txt["mask"], float("-inf"))
         return torch.softmax(self.w_hv(h_v).squeeze(-1), -1), torch.softmax(logit_s, -1)
 
-    def _width(self, txt: Reps) -> Reps:
-        """Drop trailing all-padding word columns, so a block's cost follows its longest sentence."""
-        width = max(1, int(txt["mask"].sum(1).max()))
-        return {k: v[:, :width] if v.dim() > 1 and k != "g" else v for k, v in txt.items()}
-
     def similarity(self, img: Reps, txt: Reps) -> torch.Tensor:
         """Co-attentive cosine (Eq. 15) for every pair, in chunks of ``pair_chunk`` pairs; the global
         score Omega when the model was trained without co-attention (beta = 1, GRL)."""
         if not self.uses_coattention:
             return img["g"] @ txt["g"].T
-        txt = self._width(txt)
+        txt = drop_padding_columns(txt, whole=("g",))
         ni, nt = img["V"].size(0), txt["S"].size(0)
         bt = min(nt, self.pair_chunk)
         bi = max(1, self.pair_chunk // bt)
@@ -269,7 +265,7 @@ class JGCAR(RetrievalModel):
     def pair_similarity(self, img: Reps, txt: Reps) -> torch.Tensor:
         if not self.uses_coattention:
             return (img["g"] * txt["g"]).sum(-1)
-        txt = self._width(txt)
+        txt = drop_padding_columns(txt, whole=("g",))
         out = []
         for s in range(0, img["V"].size(0), self.pair_chunk):
             v_bar, s_bar = self.coattend({k: v[s: s + self.pair_chunk] for k, v in img.items()},
@@ -311,7 +307,7 @@ class JGCAR(RetrievalModel):
 
     def rank_loss(self, img: Reps, txt: Reps, batch: dict) -> torch.Tensor:
         """J_C: the bi-rank loss of Eq. 16 in both directions, averaged over the batch's pairs."""
-        txt = self._width(txt)
+        txt = drop_padding_columns(txt, whole=("g",))
         b = img["V"].size(0)
         neg_txt, neg_img = self.pick_negatives(img, txt, batch)
         m = neg_txt.size(1)

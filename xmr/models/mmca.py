@@ -44,6 +44,7 @@ from torch.utils.checkpoint import checkpoint
 
 from xmr.losses import triplet_ranking_loss
 from xmr.models.base import Inputs, Preset, RetrievalModel, Reps, register
+from xmr.models.text_encoders import drop_padding_columns
 
 PRESETS = {
     # Sec. 4.2: d-dim space, Transformer units with 16 heads, 256 filters per window, Adam at
@@ -165,13 +166,6 @@ def _softmax_lse(logits: torch.Tensor, dim: int = -1) -> tuple[torch.Tensor, tor
     return e / s, (m + s.log()).squeeze(dim)
 
 
-def _trim(words: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Drop trailing columns that are padding in every row (BERT states come at full max_len)."""
-    valid = mask.any(0).nonzero()
-    width = int(valid.max()) + 1 if valid.numel() else 1
-    return words[:, :width], mask[:, :width]
-
-
 @register("mmca", presets=PRESETS)
 class MMCA(RetrievalModel):
     inputs = Inputs(image="regions", text=("tokens", "bert"))
@@ -290,7 +284,8 @@ class MMCA(RetrievalModel):
         return i1, F.normalize(c1, dim=-1).view(*lead, d)
 
     def _cross_sides(self, regions: torch.Tensor, words: torch.Tensor, mask: torch.Tensor) -> tuple[Reps, Reps]:
-        words, mask = _trim(words, mask)
+        trimmed = drop_padding_columns({"words": words, "mask": mask})  # BERT states come at full max_len
+        words, mask = trimmed["words"], trimmed["mask"]
         parts = self.cross_items(regions, words, mask)
         img = {key: parts[key] for key in ("regions", "qr", "kr", "vr", "o_rr", "lse_rr")}
         txt = {key: parts[key] for key in ("words", "mask", "qe", "ke", "ve", "o_ee", "lse_ee")}

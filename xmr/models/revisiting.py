@@ -387,9 +387,6 @@ class Revisiting(RetrievalModel):
         d = a.pow(2).sum(1, keepdim=True) + b.pow(2).sum(1)[None] - 2 * a @ b.T
         return -d.clamp(min=0)
 
-    def pair_similarity(self, img: Reps, txt: Reps) -> torch.Tensor:
-        return -(img["emb"] - txt["emb"]).pow(2).sum(-1)
-
     # ------------------------------------------------------------------ training
     def loss(self, img: Reps, txt: Reps, batch: dict) -> dict[str, torch.Tensor]:
         """``L_softmax + lambda L_C`` over the batch's images and texts, class = training image."""
