@@ -23,7 +23,7 @@ import torch
 from xmr.data import open_split
 from xmr.eval.evaluate import encode, format_table, ranks
 from xmr.eval.kshot import format_kshot, kshot_evaluate
-from xmr.eval.metrics import summarize
+from xmr.eval.recall import summarize
 from xmr.models.acmm import ensemble_similarity
 from xmr.runs import open_run
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from xmr.eval.evaluate import encode
-from xmr.eval.metrics import ranks_from_scores, summarize
+from xmr.eval.recall import ranks_from_scores, summarize
 from xmr.runs import open_run
 
 

@@ -192,7 +192,7 @@ def test_cmmn_index_has_a_binary_hamming_index(tmp_path, feature_cache, vsepp_in
 
 def test_aligned_sets_report_fused_database_codes(tmp_path):
     from xmr.data.labelled import LabelledSet, Modality
-    from xmr.eval.ranking import label_retrieval_metrics
+    from xmr.eval.label_ranking import label_retrieval_metrics
     from xmr.train_labelled import codes, evaluate_labelled, format_labelled, pre_features
 
     rng = np.random.default_rng(0)

@@ -10,7 +10,7 @@ import torch
 
 from xmr.eval.kshot import (content_words, format_kshot, kshot_results, kshot_subsets, pair_i2t_ranks,
                             pair_ranks_from_scores, rare_words, word_frequencies)
-from xmr.eval.metrics import ranks_from_scores
+from xmr.eval.recall import ranks_from_scores
 
 
 

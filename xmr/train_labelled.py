@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from xmr import checkpoint
 from xmr.data.labelled import LabelledSet, Modality, load_mat, load_npz, synthetic_scenes
-from xmr.eval.ranking import label_retrieval_metrics, relevance
+from xmr.eval.label_ranking import label_retrieval_metrics, relevance
 from xmr.features.store import DEFAULT_CACHE
 from xmr.models import create_model
 from xmr.models.cmmn import CMMN, fused_codes, select_memory, sentence_vectors

@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from xmr.data.pairs import PairData
-from xmr.eval.metrics import i2t_ranks, mean_over_folds, summarize, t2i_counts
+from xmr.eval.recall import i2t_ranks, mean_over_folds, summarize, t2i_counts
 from xmr.models.base import Reps, RetrievalModel
 
 

@@ -33,7 +33,7 @@ total, 22.9 on the 0-shot set of 516), which a gallery shrunk to a few hundred i
 - image->text (``"i2t"``): one query per subset *pair*: its image, whose ground truth is that
   pair's rare sentence, ranked among all test sentences. The image's other ground-truth captions
   are correct answers, so they are not counted above it (the rank is the number of captions of
-  *other* images scoring >= the pair's score; pessimistic ties as in ``xmr.eval.metrics``). This
+  *other* images scoring >= the pair's score; pessimistic ties as in ``xmr.eval.recall``). This
   tests the rare sentence itself; the standard image->text rank (best of the image's five
   captions) would let an image be credited for its easy, common-word captions. It needs the
   subset images' scores against all captions, recomputed with the model (``pair_i2t_ranks``,
@@ -56,7 +56,7 @@ import numpy as np
 import torch
 
 from xmr.data.text import tokenize
-from xmr.eval.metrics import RECALL_KS, recall_summary
+from xmr.eval.recall import RECALL_KS, recall_summary
 
 DEFAULT_KS = (0, 1, 5)
 

@@ -12,7 +12,7 @@ first-stage order (a first stage with Euclidean embeddings, ``metric = "l2"``, i
 exactly equivalent inner product by ``inner_product_form``). So a query whose ground truth is shortlisted gets its rank among the candidates
 by the pairwise score, and one whose ground truth is not keeps its first-stage rank (which is >= K).
 With K = all items the ranks equal exhaustive pairwise scoring. Ties follow the pessimistic rule of
-``xmr.eval.metrics``. Everything runs in query blocks: a block's first-stage scores against the
+``xmr.eval.recall``. Everything runs in query blocks: a block's first-stage scores against the
 whole database, its top-K, and ``model.indexed_pair_similarity`` on the block's (query, candidate) pairs.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from xmr.data.pairs import PairData
 from xmr.eval.evaluate import encode
-from xmr.eval.metrics import gt_ranks, recall_summary, summarize
+from xmr.eval.recall import gt_ranks, recall_summary, summarize
 from xmr.models.base import Reps, RetrievalModel
 
 
