@@ -120,7 +120,7 @@ def test_pair_interface_is_negative_squared_distance():
 
 
 def test_three_modalities_train_end_to_end_and_resume(tmp_path):
-    from xmr.data.labelled import save_npz, synthetic_scenes
+    from xmr.data.labelled_sets import save_npz, synthetic_scenes
     from xmr.train_labelled import LabelledConfig, evaluate_labelled, load_labelled_run, open_labelled, train_labelled
 
     data = synthetic_scenes(n_classes=4, per_class=40, modalities=("photo", "drawing", "description"), seed=0)
@@ -191,7 +191,7 @@ def test_cmmn_index_has_a_binary_hamming_index(tmp_path, feature_cache, vsepp_in
 
 
 def test_aligned_sets_report_fused_database_codes(tmp_path):
-    from xmr.data.labelled import LabelledSet, Modality
+    from xmr.data.labelled_sets import LabelledSet, Modality
     from xmr.eval.label_ranking import label_retrieval_metrics
     from xmr.train_labelled import codes, evaluate_labelled, format_labelled, pre_features
 

@@ -11,7 +11,7 @@ import torch
 
 from conftest import SYNTHETIC_SMALL as DATA
 from xmr.data.base import Split
-from xmr.data.labels import LABEL_NAMES, keyword_labels
+from xmr.data.keyword_labels import LABEL_NAMES, keyword_labels
 from xmr.models import create_model, get_preset
 from xmr.models.jgcar import bi_rank, decorrelation_loss, intra_triplet_loss
 from xmr.train import TrainConfig, train

@@ -34,7 +34,7 @@ import torch
 from tqdm import tqdm
 
 from xmr import checkpoint
-from xmr.data.labelled import LabelledSet, Modality, load_mat, load_npz, synthetic_scenes
+from xmr.data.labelled_sets import LabelledSet, Modality, load_mat, load_npz, synthetic_scenes
 from xmr.eval.label_ranking import label_retrieval_metrics, relevance
 from xmr.features.store import DEFAULT_CACHE
 from xmr.models import create_model
@@ -67,10 +67,10 @@ def flickr8k_labelled(cache: Path = DEFAULT_CACHE, extractor: str = "efficientne
                       progress: bool = True) -> LabelledSet:
     """Flickr8k as a labelled two-modality set: ``image`` = pooled CNN features, ``text`` = each
     caption's mean MiniLM token state (``sentence_vectors``), labels = the caption-keyword classes
-    (xmr/data/labels.py; a caption has its image's labels). Items without any class are left out,
+    (xmr/data/keyword_labels.py; a caption has its image's labels). Items without any class are left out,
     as the hashing literature prunes unlabelled COCO images."""
     from xmr.data import DatasetSpec, open_split
-    from xmr.data.labels import LABEL_NAMES, keyword_labels
+    from xmr.data.keyword_labels import LABEL_NAMES, keyword_labels
     from xmr.features.store import split_with_features
     from xmr.features.text import bert_states
 

@@ -81,7 +81,7 @@ def pair_data(data: str | DatasetSpec, split: str, inputs: Inputs, vocab: Vocab,
     s = split_with_features(spec, split, inputs.image, extractor, cache, progress, on_bad_input,
                             resolution=inputs.pixels)
     if inputs.labels:
-        from xmr.data.labels import with_labels
+        from xmr.data.keyword_labels import with_labels
 
         with_labels(s)
     extra = {}
