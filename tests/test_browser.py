@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from xmr.search.browser import chromium, find_chromium, search_and_open_first, serving
+from browser_helpers import chromium, find_chromium, search_and_open_first, serving
 from xmr.search.engine import Searcher
 from xmr.search.server import create_app
 

@@ -140,16 +140,6 @@ def pair_ranks(scores: torch.Tensor, caption_image: torch.Tensor, captions: torc
     return ((scores >= gt.view(-1, 1)) & other).sum(1)
 
 
-def pair_ranks_from_scores(scores: torch.Tensor | np.ndarray, caption_image: np.ndarray,
-                           captions: np.ndarray | None = None) -> np.ndarray:
-    """Image->text pair ranks from a full (Ni, Nt) score matrix, for ``captions`` (default all)."""
-    scores = torch.as_tensor(scores)
-    cap_img = torch.as_tensor(np.asarray(caption_image), dtype=torch.long)
-    caps = (torch.arange(cap_img.numel()) if captions is None
-            else torch.as_tensor(np.asarray(captions), dtype=torch.long))
-    return pair_ranks(scores[cap_img[caps]], cap_img, caps, cap_img[caps]).numpy()
-
-
 @torch.no_grad()
 def pair_i2t_ranks(model, data, captions: np.ndarray, reps=None, image_chunk: int | None = None,
                    caption_chunk: int | None = None) -> np.ndarray:
