@@ -1,5 +1,6 @@
-"""JGCAR (Xu et al., MM 2018): the de-correlation and bi-rank losses, intra-modal triplets, the
-co-attention's batched and aligned forms, optimisers, keyword labels and a short end-to-end run."""
+"""JGCAR (Wang, Chen, Zhuo, Huang & Tian, ACM MM 2018): the de-correlation and bi-rank losses,
+intra-modal triplets, the co-attention's batched and aligned forms, optimisers, keyword labels and
+a short end-to-end run."""
 from __future__ import annotations
 
 import json

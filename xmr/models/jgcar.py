@@ -1,4 +1,5 @@
-"""JGCAR: joint global and co-attentive representation learning (Xu et al., ACM MM 2018).
+"""JGCAR: joint global and co-attentive representation learning (Wang, Chen, Zhuo, Huang & Tian,
+ACM MM 2018).
 
 - **Text** (Sec. 2.1): learned word embeddings ``W_e`` (Eq. 1) -> convolutions of width 1, 2, 3
   with tanh, right-zero-padded so each keeps length T (Eq. 2) -> element-wise max over the three
@@ -54,21 +55,20 @@ PRESETS = {
                    lambda3=1.0, lambda4=2.5e-5, beta=0.5, gamma=10.0, negatives=30, dropout=0.5),
         train=dict(epochs=128, batch_size=200, lr=4e-4, momentum=0.99, weight_decay=1e-8,
                    optimizer="sgd+rmsprop", max_len=15, early_stop=5, dev_rerank_k=100, grad_clip=0.0),
-        note="Xu et al. 2018, Sec. 3.1",
+        note="Wang et al. 2018, Sec. 3.1",
     ),
     # 256-d words/phrases, l = 128 and M' = 10: the co-attention runs on B (1 + 2 M') pairs per
     # batch, so this is ~5x cheaper than l = 256, M' = 30 (benchmarks/model_throughput.py). Adam:
     # the paper's SGD at lr 4e-4 barely moves in the few epochs 2 CPU cores allow.
     # lambda4 = 1e-4 ~ 1 / (128 * 127), as in the paper preset. Hard negatives and lr 1e-3 were
-    # chosen on dev (1000 training images, 2 epochs, dev rsum on 300 images): random negatives at
-    # lr 2e-4 37.3, hard 47.9, hard at lr 1e-3 79.9, hard at 3e-3 47.5 (runs/jgcar-dev).
+    # chosen on dev (results/README.md, JGCAR).
     "cpu": Preset(
         model=dict(word_dim=256, phrase_dim=256, d=256, att_dim=128, margin=0.2, lambda2=1.0,
                    lambda3=1.0, lambda4=1e-4, beta=0.5, gamma=10.0, negatives=10, hard_negatives=True,
                    dropout=0.5),
         train=dict(epochs=4, batch_size=128, lr=1e-3, optimizer="adam", max_len=15, early_stop=3,
                    dev_rerank_k=100, grad_clip=2.0),
-        note="small enough for 2 CPU cores (7 x 7 grid at 224^2), ~7 min per Flickr8k epoch",
+        note="small enough for 2 CPU cores (7 x 7 grid at 224^2)",
     ),
     "tiny": Preset(
         model=dict(word_dim=32, phrase_dim=32, d=32, att_dim=32, margin=0.2, lambda2=1.0,

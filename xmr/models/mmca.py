@@ -58,8 +58,8 @@ PRESETS = {
     ),
     # d = 64, 4 heads, 64 filters, batch 32, no dropout: the cross branch runs per pair (B x B in
     # training, so a sample costs O(B); every image x caption in evaluation) and its cost grows
-    # quickly with d; on 2 CPU cores this is ~6 min per Flickr8k epoch instead of ~35 at d = 128,
-    # B = 64 (benchmarks/model_throughput.py). Dropout masks were a third of the CPU time.
+    # quickly with d (the preset's measured speed: results/README.md, benchmarks/model_throughput.py);
+    # dropout masks were a large share of the CPU time.
     "cpu": Preset(
         model=dict(d=64, heads=4, ff_dim=64, filters=64, alpha=0.2, margin=0.2, dropout=0.0),
         train=dict(epochs=6, lr=2e-4, lr_decay_epochs=[4], lr_decay=0.1, batch_size=32,

@@ -37,9 +37,7 @@ fine-tune the ImageNet weights at 96². ``freeze_blocks=N`` (0-16) freezes the s
 N of the 16 MBConv blocks: no gradients, batch norms kept in eval mode, run under ``no_grad`` and,
 on CPU, as a traced and frozen copy (BN folded, channels-last; rebuilt whenever those weights
 change, e.g. on loading a checkpoint), so a CPU run only back-propagates through the last blocks,
-the 1x1 head convolution and the projection. Measured on this machine (one thread, the other
-core busy): the ``cpu`` preset trains at about 46 pairs/s (92 trunk passes/s), ~11 min per epoch
-of Flickr8k's 30k training pairs, ``cpu-config2`` at about 27 pairs/s (~19 min).
+the 1x1 head convolution and the projection (training speed: results/README.md, throughput).
 
 **Loss (Sec. 3.3).** The class of a training sample is its image's index in the training split
 (``batch["image_index"]``); an image and its encoded captions share one class and one centre.
