@@ -119,6 +119,7 @@ def test_pair_interface_is_negative_squared_distance():
         model.loss(img, txt, {})
 
 
+@pytest.mark.slow
 def test_three_modalities_train_end_to_end_and_resume(tmp_path):
     from xmr.data.labelled_sets import save_npz, synthetic_scenes
     from xmr.train_labelled import LabelledConfig, evaluate_labelled, load_labelled_run, open_labelled, train_labelled

@@ -16,6 +16,8 @@ from xmr.train import TrainConfig, train
 
 from conftest import SYNTHETIC_SMALL as DATA
 
+pytestmark = pytest.mark.slow  # trains, extracts features or starts processes
+
 
 @pytest.fixture
 def cache(feature_cache):
