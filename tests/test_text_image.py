@@ -1,7 +1,6 @@
 """Text as an image (Revisiting Sec. 3.1 / Gallo et al. 2017) and the config-2 text crops (Sec. 4.1)."""
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 from PIL import Image
