@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from xmr.eval.metrics import ranks_from_scores, recall_summary, summarize
+from xmr.eval.recall import ranks_from_scores, recall_summary, summarize
 from xmr.errors import TrainingError
 
 from bad_input_data import tiny_train_args, write_precomputed

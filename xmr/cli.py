@@ -26,21 +26,10 @@ dataset specs: synthetic | flickr8k[:PATH] | karpathy:JSON[,images=DIR] |
 """
 
 
-def _parse_value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
 def _overrides(pairs: list[str]) -> dict:
-    out = {}
-    for pair in pairs:
-        key, eq, value = pair.partition("=")
-        if not eq:
-            raise SystemExit(f"--set {pair!r}: expected KEY=VALUE")
-        out[key] = _parse_value(value)
-    return out
+    from xmr.options import key_values
+
+    return key_values(pairs, lambda pair: SystemExit(f"--set {pair!r}: expected KEY=VALUE"))
 
 
 def cmd_data(args) -> int:
@@ -176,10 +165,11 @@ def _eval_labels(args) -> int:
     from xmr.eval.labelled import evaluate_labelled, format_labelled
     from xmr.features.labelled import labelled_set
     from xmr.models import create_model
+    from xmr.runs import checked_model_kwargs
 
     stem = Path(args.run) / args.checkpoint
     meta = checkpoint.read_meta(stem)
-    model = create_model(meta["model"], **meta["model_kwargs"])
+    model = create_model(meta["model"], **checked_model_kwargs(meta, stem))
     checkpoint.load(stem, model)
     model.eval()
     config = json.loads((Path(args.run) / "config.json").read_text())
@@ -198,14 +188,13 @@ def _eval_labels(args) -> int:
 def _eval_pairs(args) -> int:
     """R@K on a pair split, exhaustive and/or two-step, with k-shot subsets on request."""
     from xmr.eval.evaluate import evaluate, format_table
-    from xmr.features.store import pair_data
-    from xmr.train import load_trained
+    from xmr.runs import open_run
 
     if args.folds < 1:
         raise SystemExit(f"xmr eval: --folds {args.folds}: need a whole number >= 1 (5 for COCO 1K)")
-    model, vocab, meta = load_trained(args.run, args.checkpoint)
-    data = pair_data(args.data or meta["data"], args.split, model.inputs, vocab, meta["max_len"],
-                     meta["extractor"], Path(args.cache), on_bad_input=args.on_bad_input)
+    trained = open_run(args.run, args.checkpoint)
+    model, meta = trained.model, trained.meta
+    data = trained.data(args.split, args.data, Path(args.cache), on_bad_input=args.on_bad_input)
     _check_width(meta, data, args)
     if args.no_exhaustive and not args.two_step:
         raise SystemExit("xmr eval: --no-exhaustive needs --two-step K")
