@@ -387,9 +387,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     cfg, resuming = run_folder(cfg, resume, ctx)
     out = Path(cfg.out)
     model_kw, recipe = cfg.resolved()
-    check_recipe(recipe)
-    check_model_kwargs(cfg.model, model_kw, "--set")
     cls = get_entry(cfg.model).cls
+    check_recipe(recipe, cls.stages)
+    check_model_kwargs(cfg.model, model_kw, "--set")
     task = TASKS[cls.learns_from](cfg, recipe, cls.inputs_for(**model_kw), ctx, out, resuming)
     if ctx.main:
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
@@ -526,9 +526,14 @@ def check_finite_loss(parts: dict, where: str, step: int) -> None:
 RECIPE_INTS = {"epochs": 1, "batch_size": 1, "max_len": 1, "min_word_count": 1, "checkpoint_every": 0}
 
 
-def check_recipe(recipe: dict) -> None:
-    """Recipe values of the right type and range, each error naming the key (``--set KEY=...``)."""
-    for key, low in RECIPE_INTS.items():
+def check_recipe(recipe: dict, stages: tuple[Stage, ...] = (Stage("train"),)) -> None:
+    """Recipe values of the right type and range, each error naming the key (``--set KEY=...``).
+    Each of the model's stages trains ``recipe[stage.epochs]`` epochs: at least 1 for a model of
+    one stage; 0 allowed where there are several (a run may stop after an earlier stage, e.g.
+    CMMN's pre-networks, and ``--resume`` with more epochs later)."""
+    low_epochs = 0 if len(stages) > 1 else 1
+    ints = {**RECIPE_INTS, **{s.epochs: low_epochs for s in stages}}
+    for key, low in ints.items():
         value = recipe.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ConfigError(f"--set {key}={value!r}: must be a whole number >= {low}")

@@ -53,7 +53,7 @@ def split_with_features(data: str | DatasetSpec, split: str, image_input: str,
         extract_split(raw, root, extractor, progress=progress, on_bad_input=on_bad_input)
         grid_dir, pooled_dir = feature_dirs(root)
         stored_dir = {"regions": grid_dir, "pooled": pooled_dir, "trunk": trunk_dir(root)}[image_input]
-        stored = read_precomputed(stored_dir, split, raw.captions_per_image)
+        stored = read_precomputed(stored_dir, split, raw.captions_per_image, maps=image_input == "trunk")
         raw.features = stored.features
         skipped = skipped_images(root, split)
         if skipped and on_bad_input == "fail":
