@@ -22,10 +22,9 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from xmr.eval.evaluate import encode, take
-from xmr.features.store import pair_data
 from xmr.machine import machine_info
 from xmr.models.base import RetrievalModel
-from xmr.train import load_trained
+from xmr.runs import open_run
 
 
 def shortlist(model, img, txt, n_queries: int, k: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -54,10 +53,11 @@ def main() -> None:
     p.add_argument("--out", default="results/rerank-profile.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    model, vocab, meta = load_trained(args.run)
+    trained = open_run(args.run)
+    model, meta = trained.model, trained.meta
     if type(model).indexed_pair_similarity is RetrievalModel.indexed_pair_similarity:
         raise SystemExit(f"{meta['model']} has no indexed_pair_similarity of its own: nothing to compare")
-    data = pair_data(meta["data"], "test", model.inputs, vocab, meta["max_len"], meta["extractor"], progress=False)
+    data = trained.data("test", progress=False)
     with torch.no_grad():
         img, txt = encode(model, data)
         pairs = shortlist(model, img, txt, args.queries, args.k)

@@ -23,10 +23,9 @@ import torch
 from xmr.data import open_split
 from xmr.eval.evaluate import encode, format_table, ranks
 from xmr.eval.kshot import format_kshot, kshot_evaluate
-from xmr.eval.metrics import summarize
-from xmr.features.store import pair_data
+from xmr.eval.recall import summarize
 from xmr.models.acmm import ensemble_similarity
-from xmr.train import load_trained
+from xmr.runs import open_run
 
 
 class Ensemble:
@@ -58,11 +57,11 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
-    model, vocab, meta = load_trained(args.run, args.checkpoint)
+    trained = open_run(args.run, args.checkpoint)
+    model, meta = trained.model, trained.meta
     if meta["model"] != "acmm" or not (model.use_alignment and model.use_memory):
         raise SystemExit(f"{args.run}: ACMM* needs an ACMM run with both score terms (alignment and memory)")
-    data = pair_data(meta["data"], args.split, model.inputs, vocab, meta["max_len"], meta["extractor"],
-                     Path(args.cache), progress=False)
+    data = trained.data(args.split, cache=Path(args.cache), progress=False)
     scorer = Ensemble(model, args.lambdas)
 
     t0 = time.perf_counter()

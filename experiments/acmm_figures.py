@@ -41,19 +41,18 @@ from xmr.data import open_split
 from xmr.data.text import tokenize
 from xmr.eval.evaluate import encode, take
 from xmr.eval.kshot import content_words, rare_words, word_frequencies
-from xmr.features.store import pair_data
-from xmr.train import load_trained
+from xmr.runs import open_run
 
 RARE_K = 5
 
 
 def load(run: str, cache: Path):
     """(model, test PairData, encoded (images, captions), checkpoint meta) of a trained ACMM run."""
-    model, vocab, meta = load_trained(run)
+    trained = open_run(run)
+    model, meta = trained.model, trained.meta
     if meta["model"] != "acmm" or not model.use_memory:
         raise SystemExit(f"{run}: not an ACMM run with a memory")
-    data = pair_data(meta["data"], "test", model.inputs, vocab, meta["max_len"], meta["extractor"], cache,
-                     progress=False)
+    data = trained.data("test", cache=cache, progress=False)
     return model, data, encode(model, data), meta
 
 

@@ -20,9 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from xmr.eval.evaluate import encode
-from xmr.eval.metrics import ranks_from_scores, summarize
-from xmr.features.store import pair_data
-from xmr.train import load_trained
+from xmr.eval.recall import ranks_from_scores, summarize
+from xmr.runs import open_run
 
 
 def spread(x: torch.Tensor) -> dict:
@@ -59,10 +58,11 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    model, vocab, meta = load_trained(args.run)
+    trained = open_run(args.run)
+    model = trained.model
     if not model.use_memory:
         raise SystemExit("needs a run with a memory")
-    data = pair_data(meta["data"], args.split, model.inputs, vocab, meta["max_len"], meta["extractor"], progress=False)
+    data = trained.data(args.split, progress=False)
     caption_image = torch.as_tensor(data.caption_image)
     result = {"run": args.run, "split": args.split, "n_images": data.n_images, "n_captions": data.n_captions}
     with torch.no_grad():

@@ -14,8 +14,7 @@ import torch
 from xmr.data import open_split
 from xmr.data.text import tokenize
 from xmr.eval.evaluate import encode, take
-from xmr.features.store import pair_data
-from xmr.train import load_trained
+from xmr.runs import open_run
 
 
 def main() -> None:
@@ -26,8 +25,9 @@ def main() -> None:
     p.add_argument("--k", type=int, default=100)
     args = p.parse_args()
     torch.set_num_threads(2)
-    model, vocab, meta = load_trained(args.run)
-    data = pair_data(meta["data"], "test", model.inputs, vocab, meta["max_len"], meta["extractor"], progress=False)
+    trained = open_run(args.run)
+    model, meta = trained.model, trained.meta
+    data = trained.data("test", progress=False)
     split = open_split(meta["data"], "test")
     img, txt = encode(model, data)
     q = torch.as_tensor(args.images)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# JGCAR on Flickr8k (keyword labels from the captions, xmr/data/labels.py): the joint model
+# JGCAR on Flickr8k (keyword labels from the captions, xmr/data/keyword_labels.py): the joint model
 # (cpu preset) with exhaustive and two-step test evaluation (the K-curve), then the variants of
 # Tables 1-3 on a reduced budget: GRL (beta = 1), SGCAR (a separately trained co-attention,
 # beta = 0, re-ranking GRL's shortlist), JGCAR, JGCAR^v1 (no J2, J3) and JGCAR^v2 (no J4), each at

@@ -49,7 +49,7 @@ ROWS = [
      ("mmca", "cpu")),
     ("MMCA `cpu`, two-step K=20 (own i0·c0 first stage)", "", "mmca-flickr8k/test.json", 20, None, ("mmca", "cpu")),
     ("VSE++ top 20 re-ranked by MMCA", "", "mmca-flickr8k/test-vsepp-first-stage.json", 20, None, None),
-    ("JGCAR `cpu`, exhaustive co-attention", "Xu et al. 2018", "jgcar-flickr8k/test.json", None,
+    ("JGCAR `cpu`, exhaustive co-attention", "Wang et al. 2018", "jgcar-flickr8k/test.json", None,
      "jgcar-flickr8k/metrics.jsonl", ("jgcar", "cpu")),
     ("JGCAR `cpu`, two-step K=100 (the paper's)", "", "jgcar-flickr8k/test.json", 100, None, ("jgcar", "cpu")),
     ("CMMN `cpu` 64-bit, Euclidean on h", "Song & Tan 2017", "cmmn/flickr8k-b64-recall.json", None, None, None),

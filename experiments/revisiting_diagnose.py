@@ -28,10 +28,9 @@ import torch
 import torch.nn.functional as F
 
 from xmr.eval.evaluate import encode
-from xmr.eval.metrics import ranks_from_scores, summarize
-from xmr.features.store import pair_data
+from xmr.eval.recall import ranks_from_scores, summarize
 from xmr.models.revisiting import LiteTrunk
-from xmr.train import load_trained
+from xmr.runs import open_run
 
 
 def rsum(scores: torch.Tensor, caption_image: np.ndarray) -> float:
@@ -56,13 +55,13 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    model, vocab, meta = load_trained(args.run)
+    trained = open_run(args.run)
+    model, meta = trained.model, trained.meta
     if meta["model"] != "revisiting":
         raise SystemExit(f"{args.run} is a {meta['model']} run; this diagnoses revisiting runs")
     result = {"run": args.run, "epoch": meta.get("epoch"), "images": args.images}
     for split in ("train", "dev"):
-        data = pair_data(meta["data"], split, model.inputs, vocab, meta["max_len"], meta["extractor"],
-                         progress=False).head(args.images)
+        data = trained.data(split, progress=False).head(args.images)
         with torch.no_grad():
             img, txt = encode(model, data)
             a, b = img["emb"], txt["emb"]

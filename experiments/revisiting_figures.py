@@ -21,11 +21,11 @@ def main(run: Path, out: Path) -> None:
 
     from xmr.data.text_image import save_example
     from xmr.eval.evaluate import encode
-    from xmr.features.store import pair_data
-    from xmr.train import load_trained
+    from xmr.runs import open_run
 
-    model, vocab, meta = load_trained(run)
-    data = pair_data(meta["data"], "test", model.inputs, vocab, meta["max_len"], meta["extractor"])
+    trained = open_run(run)
+    model = trained.model
+    data = trained.data("test")
     img, txt = encode(model, data)
     im, tx = model.embed(img).numpy(), model.embed(txt).numpy()
     points = TSNE(n_components=2, init="pca", random_state=0, perplexity=30).fit_transform(np.concatenate([im, tx]))

@@ -7,10 +7,12 @@ Chromium, click the first result, save a screenshot.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import torch
 
-from xmr.search.browser import chromium, search_and_open_first, serving
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the browser helpers live with their test
+from browser_helpers import chromium, search_and_open_first, serving  # noqa: E402
 from xmr.search.engine import Searcher
 from xmr.search.server import create_app
 

@@ -240,6 +240,16 @@ def pytest_configure(config):
     torch.set_num_threads(2)  # the CI machine's cores; more threads only contend
 
 
+SLOW_FIXTURES = {"feature_cache", "vsepp_index", "jgcar_index"}  # CNN/BERT features, trained runs
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test that uses the shared feature cache or a trained index is slow, wherever it lives."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 # Search indexes over the small synthetic test split (test_search, test_browser).
 def _trained(tmp_path_factory, cache, model: str) -> str:
     from xmr.train import TrainConfig, train

@@ -12,10 +12,23 @@ import torch.nn.functional as F
 
 from xmr import checkpoint
 from xmr.models import create_model, get_preset
-from xmr.models.acmm import (ACMM, Heads, address, ensemble_similarity, fast_update, oneplus,
-                             strict_sequential_update, write)
+from xmr.models.acmm import ACMM, Heads, address, ensemble_similarity, fast_update, oneplus, write
 
 VOCAB, IMAGE_DIM, REGIONS, MAX_LEN = 40, 20, 6, 10
+
+
+def strict_sequential_update(memory: torch.Tensor, region: Heads, word: Heads, topk: int = 0) -> torch.Tensor:
+    """The reference ``fast_update`` is checked against: every write in turn, straight from the
+    Sec. 3.3 equations. Pair by pair, position by position, the region write then the word write,
+    each addressed against the memory the previous write left: ``M_i <- M_i o (1 - w_i e) + w_i u``."""
+    banks = list(memory.unbind(0))
+    for p in range(region.mask.size(0)):
+        for t in range(max(region.mask.size(1), word.mask.size(1))):
+            for heads, b in ((region, 0), (word, len(banks) - 1)):
+                if t < heads.mask.size(1) and bool(heads.mask[p, t]):
+                    w = address(heads.key[p, t], banks[b], heads.strength[p, t], topk)  # (N,)
+                    banks[b] = banks[b] * (1 - w[:, None] * heads.erase[p, t]) + w[:, None] * heads.add[p, t]
+    return torch.stack(banks)
 
 
 @pytest.fixture(autouse=True, scope="module")

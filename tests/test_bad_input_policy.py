@@ -11,6 +11,8 @@ from xmr.features.image import extract_split, skipped_images
 from xmr.features.store import split_with_features
 from xmr.search.index import Collection, SearchError, build_index
 
+pytestmark = pytest.mark.slow  # trains, extracts features or starts processes
+
 
 @pytest.fixture
 def corrupt_flickr(make_flickr8k):

@@ -7,12 +7,12 @@ import os
 
 import pytest
 
-from xmr.search.browser import chromium, find_chromium, search_and_open_first, serving
+from browser_helpers import chromium, find_chromium, search_and_open_first, serving
 from xmr.search.engine import Searcher
 from xmr.search.server import create_app
 
-pytestmark = pytest.mark.skipif(find_chromium() is None, reason="Chromium and chromedriver are not installed "
-                                "(Debian: apt-get install chromium chromium-driver); .ci/run installs them")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(find_chromium() is None, reason="Chromium and chromedriver are not installed "
+                                "(Debian: apt-get install chromium chromium-driver); .ci/run installs them")]
 
 
 def test_page_query_results_and_sentences(vsepp_index, tmp_path):

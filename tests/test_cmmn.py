@@ -10,7 +10,7 @@ import torch
 
 from xmr.cli import main
 from xmr.eval.labelled import fused_codes
-from xmr.features.text import sentence_vectors
+from xmr.interface import sentence_vectors
 from xmr.models import create_model
 from xmr.models.cmmn import jacobian_penalty, select_memory
 
@@ -123,9 +123,10 @@ def test_pair_interface_is_negative_squared_distance():
         model.loss(img, txt, {})
 
 
+@pytest.mark.slow
 def test_three_modalities_train_end_to_end_and_resume(tmp_path, capsys):
     """``xmr train --model cmmn`` runs both stages in the one loop; ``xmr eval`` reports label mAP."""
-    from xmr.data.labelled import open_labelled, save_npz, synthetic_scenes
+    from xmr.data.labelled_sets import open_labelled, save_npz, synthetic_scenes
     from xmr.eval.labelled import evaluate_labelled
     from xmr.models import create_model
     from xmr import checkpoint
@@ -226,8 +227,8 @@ def test_cmmn_index_has_a_binary_hamming_index(tmp_path, feature_cache, vsepp_in
 
 
 def test_aligned_sets_report_fused_database_codes(tmp_path):
-    from xmr.data.labelled import LabelledSet, Modality
-    from xmr.eval.ranking import label_retrieval_metrics
+    from xmr.data.labelled_sets import LabelledSet, Modality
+    from xmr.eval.label_ranking import label_retrieval_metrics
     from xmr.eval.labelled import codes, evaluate_labelled, format_labelled
 
     rng = np.random.default_rng(0)

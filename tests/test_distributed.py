@@ -16,6 +16,8 @@ from xmr import distributed
 from xmr.models import create_model
 from xmr.train import batch_loss
 
+pytestmark = pytest.mark.slow  # trains, extracts features or starts processes
+
 B, REGIONS, DIM, WIDTH, VOCAB = 8, 4, 12, 6, 30
 
 

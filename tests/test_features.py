@@ -11,6 +11,8 @@ from xmr.features.image import FEATURE_DIM, extract_split
 from xmr.features.text import BERT_DIM, bert_states
 from xmr.data.precomputed import read_precomputed
 
+pytestmark = pytest.mark.slow  # trains, extracts features or starts processes
+
 
 class Interrupt(RuntimeError):
     pass

@@ -96,18 +96,16 @@ def test_fine_tuning_starts_from_the_frozen_feature_run(feature_cache, tmp_path)
     """init_from a pooled-feature run: at step 0 the trunk model with its pretrained tail scores
     exactly as that run did (the tail reproduces the pooled features)."""
     from xmr.eval.evaluate import evaluate
-    from xmr.features.store import pair_data
-    from xmr.train import load_trained
+    from xmr.runs import open_run
 
     pooled_run = tmp_path / "pooled"
     train(TrainConfig(model="vsepp", preset="tiny", data=DATA, out=str(pooled_run), cache=str(feature_cache),
                       progress=False, overrides={"epochs": 1}))
     ft = tmp_path / "ft"
     train(_config(feature_cache, ft, epochs=1, lr=0.0, init_from=str(pooled_run), augment="none"))
-    a, vocab, meta = load_trained(pooled_run)
-    b, _, _ = load_trained(ft)
-    dev_a = evaluate(a, pair_data(DATA, "dev", a.inputs, vocab, meta["max_len"], cache=feature_cache, progress=False))
-    dev_b = evaluate(b, pair_data(DATA, "dev", b.inputs, vocab, meta["max_len"], cache=feature_cache, progress=False))
+    a, b = open_run(pooled_run), open_run(ft)
+    dev_a = evaluate(a.model, a.data("dev", DATA, feature_cache, progress=False))
+    dev_b = evaluate(b.model, b.data("dev", DATA, feature_cache, progress=False))
     assert abs(dev_a["rsum"] - dev_b["rsum"]) < 3.0, (dev_a["rsum"], dev_b["rsum"])
 
 

@@ -1,5 +1,6 @@
-"""JGCAR (Xu et al., MM 2018): the de-correlation and bi-rank losses, intra-modal triplets, the
-co-attention's batched and aligned forms, optimisers, keyword labels and a short end-to-end run."""
+"""JGCAR (Wang, Chen, Zhuo, Huang & Tian, ACM MM 2018): the de-correlation and bi-rank losses,
+intra-modal triplets, the co-attention's batched and aligned forms, optimisers, keyword labels and
+a short end-to-end run."""
 from __future__ import annotations
 
 import json
@@ -11,7 +12,7 @@ import torch
 
 from conftest import SYNTHETIC_SMALL as DATA
 from xmr.data.base import Split
-from xmr.data.labels import LABEL_NAMES, keyword_labels
+from xmr.data.keyword_labels import LABEL_NAMES, keyword_labels
 from xmr.models import create_model, get_preset
 from xmr.models.jgcar import bi_rank, decorrelation_loss, intra_triplet_loss
 from xmr.train import TrainConfig, train

@@ -9,8 +9,18 @@ import pytest
 import torch
 
 from xmr.eval.kshot import (content_words, format_kshot, kshot_results, kshot_subsets, pair_i2t_ranks,
-                            pair_ranks_from_scores, rare_words, word_frequencies)
-from xmr.eval.metrics import ranks_from_scores
+                            pair_ranks, rare_words, word_frequencies)
+from xmr.eval.recall import ranks_from_scores
+
+
+def pair_ranks_from_scores(scores: torch.Tensor | np.ndarray, caption_image: np.ndarray,
+                           captions: np.ndarray | None = None) -> np.ndarray:
+    """Reference: image->text pair ranks from a full (Ni, Nt) score matrix, for ``captions`` (default all)."""
+    scores = torch.as_tensor(scores)
+    cap_img = torch.as_tensor(np.asarray(caption_image), dtype=torch.long)
+    caps = (torch.arange(cap_img.numel()) if captions is None
+            else torch.as_tensor(np.asarray(captions), dtype=torch.long))
+    return pair_ranks(scores[cap_img[caps]], cap_img, caps, cap_img[caps]).numpy()
 
 
 

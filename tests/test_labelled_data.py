@@ -12,7 +12,7 @@ import pytest
 import scipy.io
 
 from xmr.data.base import DataError
-from xmr.data.labelled import (
+from xmr.data.labelled_sets import (
     CMPLACES_MODALITIES,
     LabelledSet,
     Modality,

@@ -13,7 +13,7 @@ from xmr.data.base import Split
 from xmr.data.pairs import PairData
 from xmr.data.text import Vocab
 from xmr.eval import evaluate as ev
-from xmr.eval.metrics import mean_over_folds, ranks_from_scores, recall_summary, summarize
+from xmr.eval.recall import mean_over_folds, ranks_from_scores, recall_summary, summarize
 from xmr.models.base import RetrievalModel
 
 

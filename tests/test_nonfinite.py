@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from xmr.eval.metrics import ranks_from_scores, recall_summary, summarize
+from xmr.eval.recall import ranks_from_scores, recall_summary, summarize
 from xmr.errors import TrainingError
 
 from bad_input_data import tiny_train_args, write_precomputed
@@ -75,31 +75,32 @@ def test_recalls_are_the_reference_floats():
 def test_nan_loss_stops_training_and_nan_dev_is_never_best(tmp_path, monkeypatch, capsys):
     from xmr import train as train_mod
     from xmr.cli import main
+    from xmr.models.base import RetrievalModel
 
     data = "precomputed:" + str(write_precomputed(tmp_path / "d"))
-    real = train_mod.batch_loss
+    real = RetrievalModel.stage_loss  # what the one loop calls for every batch
 
     def nan_loss(*a, **kw):
         parts = real(*a, **kw)
         return {**parts, "loss": parts["loss"] * float("nan")}
 
-    monkeypatch.setattr(train_mod, "batch_loss", nan_loss)
-    with pytest.raises(TrainingError, match=r"training loss is nan at epoch 1, step 1"):
+    monkeypatch.setattr(RetrievalModel, "stage_loss", nan_loss)
+    with pytest.raises(TrainingError, match=r"training loss is nan at epoch 1/1, step 1"):
         train_mod.train(train_mod.TrainConfig(model="vsepp", data=data, out=str(tmp_path / "r0"),
                                               cache=str(tmp_path / "c"), progress=False,
                                               overrides={"epochs": 1, "batch_size": 8, "word_vectors": "none"}))
     assert main(tiny_train_args(data, tmp_path / "r1", tmp_path / "c")) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "training loss is nan" in err and "Traceback" not in err
-    monkeypatch.setattr(train_mod, "batch_loss", real)
+    monkeypatch.setattr(RetrievalModel, "stage_loss", real)
 
-    real_validate = train_mod.validate
+    real_validate = train_mod.PairTask.validate
 
     def nan_dev(*a, **kw):
         return {**real_validate(*a, **kw), "non_finite": 3}
 
-    monkeypatch.setattr(train_mod, "validate", nan_dev)
+    monkeypatch.setattr(train_mod.PairTask, "validate", nan_dev)
     assert main(tiny_train_args(data, tmp_path / "r2", tmp_path / "c")) == 0
     assert "not kept as best" in capsys.readouterr().out
     assert not (tmp_path / "r2" / "best.json").exists() and (tmp_path / "r2" / "last.json").is_file()
-    assert json.loads((tmp_path / "r2" / "last.json").read_text())["best"] == {"rsum": -1.0}
+    assert json.loads((tmp_path / "r2" / "last.json").read_text())["best"] == {}  # no best epoch yet

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xmr.eval.ranking import (hamming_distance, label_retrieval_metrics, ranking_metrics, relevance,
+from xmr.eval.label_ranking import (hamming_distance, label_retrieval_metrics, ranking_metrics, relevance,
                               squared_euclidean)
 
 

@@ -173,17 +173,18 @@ def test_pixel_cache(make_flickr8k, tmp_path, monkeypatch):
 
 def test_train_and_evaluate_end_to_end(tmp_path, feature_cache):
     from xmr.eval.evaluate import evaluate
-    from xmr.features.store import pair_data
-    from xmr.train import TrainConfig, load_trained, train
+    from xmr.runs import open_run
+    from xmr.train import TrainConfig, train
 
     out = tmp_path / "run"
     best = train(TrainConfig(model="revisiting", preset="tiny", data=SMALL, out=str(out), cache=str(feature_cache),
                              overrides={"epochs": 1, "batch_size": 20}, progress=False))
     assert "i2t" in best
-    model, vocab, meta = load_trained(out)
+    trained = open_run(out)
+    model, meta = trained.model, trained.meta
     assert meta["image_input"] == "pixels" and meta["model_kwargs"]["n_train_images"] == 24
     assert model.inputs.pixels == 32
-    test = pair_data(SMALL, "test", model.inputs, vocab, meta["max_len"], cache=feature_cache, progress=False)
+    test = trained.data("test", cache=feature_cache, progress=False)
     assert test.image_batch(np.arange(2))["image"].dtype == torch.uint8
     result = evaluate(model, test)
     assert 0 <= result["i2t"]["r1"] <= 100 and np.isfinite(result["rsum"])

@@ -17,6 +17,8 @@ from xmr.search import index as index_mod
 from xmr.search.engine import Searcher
 from xmr.search.index import Collection, SearchError, build_index, describe, read_meta
 
+pytestmark = pytest.mark.slow  # trains, extracts features or starts processes
+
 
 def test_build_describes_the_index(vsepp_index):
     run, out = vsepp_index

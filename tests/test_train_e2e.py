@@ -11,10 +11,12 @@ from safetensors.torch import load_file
 
 from xmr.cli import main
 from xmr.eval.evaluate import evaluate
-from xmr.features.store import pair_data
-from xmr.train import TrainConfig, load_trained, train
+from xmr.runs import open_run
+from xmr.train import TrainConfig, train
 
 from conftest import SYNTHETIC_SMALL as DATA
+
+pytestmark = pytest.mark.slow  # trains, extracts features or starts processes
 
 
 @pytest.fixture
@@ -36,9 +38,9 @@ def test_train_then_eval_beats_chance(cache, tmp_path):
     rows = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 8 and rows[-1]["train_loss"] < rows[1]["train_loss"]
 
-    model, vocab, meta = load_trained(tmp_path / "run")
-    test = pair_data(DATA, "test", model.inputs, vocab, meta["max_len"], cache=cache, progress=False)
-    result = evaluate(model, test)
+    trained = open_run(tmp_path / "run")
+    test = trained.data("test", cache=cache, progress=False)
+    result = evaluate(trained.model, test)
     # Chance: R@5 image->text = 1-(1-5/300)^5 ~ 8%, text->image 5/60 ~ 8%; R@10 ~ 17%.
     assert result["i2t"]["r5"] > 40 and result["t2i"]["r5"] > 30, result
     assert result["t2i"]["r10"] > 50, result

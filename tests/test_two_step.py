@@ -8,7 +8,7 @@ import torch
 
 from test_mmca import batch, small_model
 from xmr.eval.evaluate import ranks
-from xmr.eval.metrics import gt_ranks, ranks_from_scores
+from xmr.eval.recall import gt_ranks, ranks_from_scores
 from xmr.eval.two_step import two_step_evaluate
 
 N_IMG, PER_IMAGE = 6, 3

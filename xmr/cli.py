@@ -26,21 +26,10 @@ dataset specs: synthetic | flickr8k[:PATH] | karpathy:JSON[,images=DIR] |
 """
 
 
-def _parse_value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
 def _overrides(pairs: list[str]) -> dict:
-    out = {}
-    for pair in pairs:
-        key, eq, value = pair.partition("=")
-        if not eq:
-            raise SystemExit(f"--set {pair!r}: expected KEY=VALUE")
-        out[key] = _parse_value(value)
-    return out
+    from xmr.options import key_values
+
+    return key_values(pairs, lambda pair: SystemExit(f"--set {pair!r}: expected KEY=VALUE"))
 
 
 def cmd_data(args) -> int:
@@ -176,10 +165,11 @@ def _eval_labels(args) -> int:
     from xmr.eval.labelled import evaluate_labelled, format_labelled
     from xmr.features.labelled import labelled_set
     from xmr.models import create_model
+    from xmr.runs import checked_model_kwargs
 
     stem = Path(args.run) / args.checkpoint
     meta = checkpoint.read_meta(stem)
-    model = create_model(meta["model"], **meta["model_kwargs"])
+    model = create_model(meta["model"], **checked_model_kwargs(meta, stem))
     checkpoint.load(stem, model)
     model.eval()
     config = json.loads((Path(args.run) / "config.json").read_text())
@@ -198,14 +188,13 @@ def _eval_labels(args) -> int:
 def _eval_pairs(args) -> int:
     """R@K on a pair split, exhaustive and/or two-step, with k-shot subsets on request."""
     from xmr.eval.evaluate import evaluate, format_table
-    from xmr.features.store import pair_data
-    from xmr.train import load_trained
+    from xmr.runs import open_run
 
     if args.folds < 1:
         raise SystemExit(f"xmr eval: --folds {args.folds}: need a whole number >= 1 (5 for COCO 1K)")
-    model, vocab, meta = load_trained(args.run, args.checkpoint)
-    data = pair_data(args.data or meta["data"], args.split, model.inputs, vocab, meta["max_len"],
-                     meta["extractor"], Path(args.cache), on_bad_input=args.on_bad_input)
+    trained = open_run(args.run, args.checkpoint)
+    model, meta = trained.model, trained.meta
+    data = trained.data(args.split, args.data, Path(args.cache), on_bad_input=args.on_bad_input)
     _check_width(meta, data, args)
     if args.no_exhaustive and not args.two_step:
         raise SystemExit("xmr eval: --no-exhaustive needs --two-step K")
@@ -308,35 +297,25 @@ def cmd_demo(args) -> int:
     return run_demo(Path(args.out), Path(args.cache), quiet=args.quiet)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from xmr.models import get_entry, model_names
-
-    p = argparse.ArgumentParser(prog="xmr", description="Cross-modal image-sentence retrieval.",
-                                epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
-
-    def add(name, help_, fn):
-        sp = sub.add_parser(name, help=help_, description=help_, epilog=EXAMPLES,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
-        sp.set_defaults(fn=fn)
-        return sp
-
-    d = add("data", "Read a dataset and print its splits (checks the files).", cmd_data)
-    d.add_argument("data", help="dataset spec, e.g. flickr8k or synthetic")
-    d.add_argument("--splits", nargs="+", default=["train", "dev", "test"])
-    d.add_argument("--show", type=int, default=3, help="captions to print per split")
-    d.add_argument("--no-images", action="store_true", help="do not open (decode) every image file")
-
+def _common_options() -> argparse.ArgumentParser:
+    """Options every command but ``data`` takes: the feature cache, CPU threads, bad images."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--cache", default="runs/cache", help="feature cache folder (default runs/cache)")
     common.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     common.add_argument("--on-bad-input", choices=["fail", "skip"], default="fail",
                         help="an unreadable image: stop with a message naming it (fail), or leave it and its "
                              "captions out and report how many (skip)")
+    return common
 
-    f = add("features", "Extract EfficientNet-Lite0 grid and pooled features (resumable, cached).",
-            cmd_features)
-    f._add_container_actions(common)
+
+def _data_options(d: argparse.ArgumentParser) -> None:
+    d.add_argument("data", help="dataset spec, e.g. flickr8k or synthetic")
+    d.add_argument("--splits", nargs="+", default=["train", "dev", "test"])
+    d.add_argument("--show", type=int, default=3, help="captions to print per split")
+    d.add_argument("--no-images", action="store_true", help="do not open (decode) every image file")
+
+
+def _features_options(f: argparse.ArgumentParser) -> None:
     f.add_argument("data", help="dataset spec")
     f.add_argument("--splits", nargs="+", default=["train", "dev", "test"])
     f.add_argument("--extractor", default="efficientnet-lite0-224",
@@ -344,8 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--batch-size", type=int, default=32)
     f.add_argument("--json", help="write throughput stats here")
 
-    t = add("train", "Train a model: dev validation each epoch, best checkpoint kept.", cmd_train)
-    t._add_container_actions(common)
+
+def _train_options(t: argparse.ArgumentParser) -> None:
+    from xmr.models import get_entry, model_names
+
     t.add_argument("--model", default=None, choices=model_names(), help="default vsepp")
     presets = "; ".join(f"{m}: {', '.join(get_entry(m).presets)}" for m in model_names())
     t.add_argument("--preset", default="tiny", help=f"named setting of the model ({presets}); 'paper' is "
@@ -360,9 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch (its saved settings, plus any --set)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    e = add("eval", "Evaluate a trained run: R@1/5/10, medr, meanr, rsum, mR; for a label model (CMMN) mAP, "
-            "mAP@N and P@n over every query -> target modality pair, real-valued and binary.", cmd_eval)
-    e._add_container_actions(common)
+
+def _eval_options(e: argparse.ArgumentParser) -> None:
     e.add_argument("run", help="run folder written by xmr train")
     e.add_argument("--split", default="test")
     e.add_argument("--data", help="dataset spec (default: the one the run was trained on)")
@@ -383,8 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also report ACMM's k-shot subsets (e.g. --kshot 0 1 5): test pairs whose sentence has a "
                         "content word seen <= K times in training; sizes and recalls (xmr.eval.kshot)")
 
-    ix = add("index", "Build a search index over a collection with a trained model, or describe one.", cmd_index)
-    ix._add_container_actions(common)
+
+def _index_options(ix: argparse.ArgumentParser) -> None:
     ix.add_argument("action", choices=["build", "info"])
     ix.add_argument("target", help="build: the trained run folder; info: the index")
     ix.add_argument("--data", help="a dataset spec: index its --split (images and captions)")
@@ -396,8 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="faiss index: auto = exact below 50k vectors, HNSW below 500k, IVF above")
     ix.add_argument("--quiet", action="store_true")
 
-    se = add("search", "Search an index: images for a sentence, or sentences for --image.", cmd_search)
-    se._add_container_actions(common)
+
+def _search_options(se: argparse.ArgumentParser) -> None:
     se.add_argument("index")
     se.add_argument("query", nargs="?", help="the sentence (text -> image)")
     se.add_argument("--image", help="an image file (image -> text)")
@@ -406,16 +386,48 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--json", action="store_true")
     se.add_argument("--binary", action="store_true", help="Hamming search on hash codes (CMMN indexes)")
 
-    sv = add("serve", "Serve an index: HTTP API and a search page.", cmd_serve)
-    sv._add_container_actions(common)
+
+def _serve_options(sv: argparse.ArgumentParser) -> None:
     sv.add_argument("index")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)
 
-    m = add("demo", "Synthetic data, small VSE++: train, evaluate, print the R@K table.", cmd_demo)
-    m._add_container_actions(common)
+
+def _demo_options(m: argparse.ArgumentParser) -> None:
     m.add_argument("--out", default="runs/demo")
     m.add_argument("--quiet", action="store_true")
+
+
+# name: (help, handler, its options, takes the common options)
+COMMANDS = {
+    "data": ("Read a dataset and print its splits (checks the files).", cmd_data, _data_options, False),
+    "features": ("Extract EfficientNet-Lite0 grid and pooled features (resumable, cached).", cmd_features,
+                 _features_options, True),
+    "train": ("Train a model: dev validation each epoch, best checkpoint kept.", cmd_train, _train_options, True),
+    "eval": ("Evaluate a trained run: R@1/5/10, medr, meanr, rsum, mR; for a label model (CMMN) mAP, "
+             "mAP@N and P@n over every query -> target modality pair, real-valued and binary.", cmd_eval,
+             _eval_options, True),
+    "index": ("Build a search index over a collection with a trained model, or describe one.", cmd_index,
+              _index_options, True),
+    "search": ("Search an index: images for a sentence, or sentences for --image.", cmd_search, _search_options,
+               True),
+    "serve": ("Serve an index: HTTP API and a search page.", cmd_serve, _serve_options, True),
+    "demo": ("Synthetic data, small VSE++: train, evaluate, print the R@K table.", cmd_demo, _demo_options, True),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``xmr`` parser: one subcommand per entry of ``COMMANDS``."""
+    p = argparse.ArgumentParser(prog="xmr", description="Cross-modal image-sentence retrieval.",
+                                epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    common = _common_options()
+    for name, (help_, fn, options, takes_common) in COMMANDS.items():
+        sp = sub.add_parser(name, help=help_, description=help_, epilog=EXAMPLES,
+                            parents=[common] if takes_common else [],
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        sp.set_defaults(fn=fn)
+        options(sp)
     return p
 
 

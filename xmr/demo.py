@@ -5,10 +5,10 @@ import time
 from pathlib import Path
 
 from xmr.eval.evaluate import evaluate, format_table
-from xmr.features.store import pair_data
 from xmr.search.engine import Searcher
+from xmr.runs import open_run
 from xmr.search.index import Collection, build_index
-from xmr.train import TrainConfig, load_trained, train
+from xmr.train import TrainConfig, train
 
 
 def run_demo(out: Path, cache: Path, quiet: bool = False) -> int:
@@ -16,9 +16,9 @@ def run_demo(out: Path, cache: Path, quiet: bool = False) -> int:
     cfg = TrainConfig(model="vsepp", preset="tiny", data="synthetic", out=str(out), cache=str(cache),
                       progress=not quiet)
     train(cfg)
-    model, vocab, meta = load_trained(out)
-    test = pair_data(cfg.data, "test", model.inputs, vocab, meta["max_len"], cfg.extractor, cache, not quiet)
-    result = evaluate(model, test)
+    trained = open_run(out)
+    test = trained.data("test", cache=cache, progress=not quiet)
+    result = evaluate(trained.model, test)
     chance = 100 * test.split.captions_per_image / test.n_captions, 100 / test.n_images
     print(f"\nVSE++ (tiny) on the synthetic test split, best dev checkpoint:\n{format_table(result)}")
     print(f"chance R@1: image->text {chance[0]:.1f}, text->image {chance[1]:.1f}")

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from xmr.models.base import Reps
+from xmr.interface import Reps
 
 
 @dataclass(frozen=True)

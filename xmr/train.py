@@ -26,8 +26,7 @@ import torch
 from tqdm import tqdm
 
 from xmr import checkpoint, distributed
-from xmr.data import open_split
-from xmr.data.labelled import LabelledSet
+from xmr.data import DatasetSpec, open_split
 from xmr.data.pairs import PairData
 from xmr.data.text import Vocab, glove_vectors, skipgram_vectors
 from xmr.eval.evaluate import evaluate, format_table
@@ -37,7 +36,8 @@ from xmr.errors import ConfigError
 from xmr.features.image import ExtractorSpec
 from xmr.features.store import DEFAULT_CACHE, pair_data
 from xmr.models import create_model, get_entry, get_preset
-from xmr.models.base import DATA_FACTS, Inputs, RetrievalModel, Reps, Stage
+from xmr.models.base import Inputs, RetrievalModel, Reps, Stage
+from xmr.runs import check_model_kwargs
 
 RECIPE_DEFAULTS = dict(epochs=10, batch_size=128, lr=2e-4, optimizer="adam", momentum=0.9,
                        weight_decay=0.0, lr_decay_epochs=[], lr_decay=0.1, grad_clip=2.0,
@@ -109,17 +109,18 @@ class PairTask:
     def __init__(self, cfg: TrainConfig, recipe: dict, inputs: Inputs, ctx: distributed.Context, out: Path,
                  resuming: bool):
         self.recipe = recipe
+        spec = DatasetSpec.parse(cfg.data)  # once, for the vocabulary and every split
         if resuming:
             self.vocab = Vocab.load(out / "vocab.json")
         else:
             # The vocabulary comes from the training split only.
-            self.vocab = Vocab.build(open_split(cfg.data, "train").captions, recipe["min_word_count"])
+            self.vocab = Vocab.build(open_split(spec, "train").captions, recipe["min_word_count"])
         distributed.barrier(ctx)  # every rank has read the old config and vocabulary
         if ctx.main and not resuming:
             self.vocab.save(out / "vocab.json")
 
         def load(split: str) -> PairData:
-            return pair_data(cfg.data, split, inputs, self.vocab, recipe["max_len"], cfg.extractor,
+            return pair_data(spec, split, inputs, self.vocab, recipe["max_len"], cfg.extractor,
                              Path(cfg.cache), cfg.progress and ctx.main, cfg.on_bad_input)
 
         if not ctx.main:  # rank 0 extracts features into the cache first; the others then read them
@@ -177,7 +178,7 @@ class PairTask:
 
 
 class LabelTask:
-    """Class-labelled modalities (``learns_from="labels"``, ``xmr/data/labelled.py``): the set of a
+    """Class-labelled modalities (``learns_from="labels"``, ``xmr/data/labelled_sets.py``): the set of a
     labelled spec, dev mean mAP over every query -> target modality pair each epoch (real-valued;
     ``dev_queries`` caps the queries per pair, ``map_at`` also reports mAP@N)."""
 
@@ -321,7 +322,7 @@ def batch_loss(engine: torch.nn.Module, model: RetrievalModel, batch: dict, ctx:
 
 
 # --------------------------------------------------------------------------- the loop
-def open_run(cfg: TrainConfig, resume: bool, ctx: distributed.Context) -> tuple[TrainConfig, bool]:
+def run_folder(cfg: TrainConfig, resume: bool, ctx: distributed.Context) -> tuple[TrainConfig, bool]:
     """The run folder of ``cfg.out``; resuming, the saved config plus any overrides given now
     (e.g. more epochs); a copied or moved run folder resumes where it is now."""
     out = Path(cfg.out)
@@ -383,12 +384,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     returns the best dev result. Under torchrun, ranks train pair models data-parallel and rank 0
     validates and writes the run folder."""
     ctx = distributed.setup()
-    cfg, resuming = open_run(cfg, resume, ctx)
+    cfg, resuming = run_folder(cfg, resume, ctx)
     out = Path(cfg.out)
     model_kw, recipe = cfg.resolved()
-    check_recipe(recipe)
-    check_model_kwargs(cfg.model, model_kw, "--set")
     cls = get_entry(cfg.model).cls
+    check_recipe(recipe, cls.stages)
+    check_model_kwargs(cfg.model, model_kw, "--set")
     task = TASKS[cls.learns_from](cfg, recipe, cls.inputs_for(**model_kw), ctx, out, resuming)
     if ctx.main:
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
@@ -522,69 +523,17 @@ def check_finite_loss(parts: dict, where: str, step: int) -> None:
                             "(NaN/empty rows) or lower --set lr")
 
 
-def load_trained(run: str | Path, which: str = "best") -> tuple[RetrievalModel, Vocab, dict]:
-    """A trained model, its vocabulary and its checkpoint metadata from a run directory."""
-    run = Path(run)
-    stem = run / which
-    meta = checkpoint.read_meta(stem)
-    model = create_model(meta["model"], **checked_model_kwargs(meta, stem))
-    checkpoint.load(stem, model)
-    return model.eval(), Vocab.load(run / "vocab.json"), meta
-
-
-MAX_DIM = 1 << 20  # no layer width in any preset is near this; a larger one is a typo or damage
-
-
-def check_model_kwargs(model: str, kwargs: dict, where: str) -> None:
-    """Refuse arguments the model does not take and values of the wrong type or absurd size
-    (``embed_dim=-5``, ``1e13``), naming ``where`` they came from, before anything is allocated."""
-    cls = get_entry(model).cls
-    params = inspect.signature(cls.__init__).parameters
-    for key, value in kwargs.items():
-        if key in DATA_FACTS and key not in cls.data_facts:
-            continue  # a fact older checkpoints carry for every model; create_model leaves it out
-        if key not in params:
-            near = [p for p in params if p != "self" and (p in key or key in p)]
-            raise ConfigError(f"{where}: {model} takes no argument {key!r}"
-                              f"{' (did you mean ' + ', '.join(near) + '?)' if near else ''}")
-        default = params[key].default
-        if isinstance(default, bool) and not isinstance(value, bool):
-            raise ConfigError(f"{where}: {key}={value!r} must be true or false")
-        if isinstance(default, int) and not isinstance(default, bool):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ConfigError(f"{where}: {key}={value!r} must be a whole number")
-            if (key.endswith(("_dim", "_size", "dim")) or key.startswith("n_")) and not 0 < value <= MAX_DIM:
-                raise ConfigError(f"{where}: {key}={value} must be from 1 to {MAX_DIM}")
-        if isinstance(default, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise ConfigError(f"{where}: {key}={value!r} must be a number")
-
-
-def checked_model_kwargs(meta: dict, stem: Path) -> dict:
-    where = f"{Path(stem).with_suffix('.json')}"
-    for key in ("model", "model_kwargs", "max_len", "extractor", "data"):
-        if key not in meta:
-            raise checkpoint.CheckpointError(f"{where}: checkpoint metadata has no {key!r} field; it was not "
-                                             "written by xmr train")
-    kwargs = meta["model_kwargs"]
-    if not isinstance(kwargs, dict):
-        raise checkpoint.CheckpointError(f"{where}: 'model_kwargs' is not an object")
-    try:
-        get_entry(meta["model"])
-    except KeyError as e:
-        raise checkpoint.CheckpointError(f"{where}: {e.args[0]}") from None
-    try:
-        check_model_kwargs(meta["model"], kwargs, where)
-    except ConfigError as e:
-        raise checkpoint.CheckpointError(str(e)) from None
-    return kwargs
-
-
 RECIPE_INTS = {"epochs": 1, "batch_size": 1, "max_len": 1, "min_word_count": 1, "checkpoint_every": 0}
 
 
-def check_recipe(recipe: dict) -> None:
-    """Recipe values of the right type and range, each error naming the key (``--set KEY=...``)."""
-    for key, low in RECIPE_INTS.items():
+def check_recipe(recipe: dict, stages: tuple[Stage, ...] = (Stage("train"),)) -> None:
+    """Recipe values of the right type and range, each error naming the key (``--set KEY=...``).
+    Each of the model's stages trains ``recipe[stage.epochs]`` epochs: at least 1 for a model of
+    one stage; 0 allowed where there are several (a run may stop after an earlier stage, e.g.
+    CMMN's pre-networks, and ``--resume`` with more epochs later)."""
+    low_epochs = 0 if len(stages) > 1 else 1
+    ints = {**RECIPE_INTS, **{s.epochs: low_epochs for s in stages}}
+    for key, low in ints.items():
         value = recipe.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ConfigError(f"--set {key}={value!r}: must be a whole number >= {low}")

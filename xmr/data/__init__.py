@@ -22,6 +22,7 @@ from xmr.data.flickr8k import read_flickr8k
 from xmr.data.karpathy import read_karpathy
 from xmr.data.precomputed import read_precomputed
 from xmr.data.synthetic import read_synthetic
+from xmr.options import key_values
 
 __all__ = ["DataError", "DatasetSpec", "Split", "SPLITS", "open_split"]
 
@@ -42,18 +43,19 @@ class DatasetSpec:
         kind, _, path = head.partition(":")
         if kind not in KINDS:
             raise DataError(f"unknown dataset kind {kind!r} in {spec!r}; choose one of {', '.join(KINDS)}")
-        options = {}
-        for opt in opts:
-            key, eq, value = opt.partition("=")
-            if not eq:
-                raise DataError(f"dataset option {opt!r} in {spec!r} is not key=value")
-            options[key.strip()] = value.strip()
+        options = key_values(opts, lambda opt: DataError(f"dataset option {opt!r} in {spec!r} is not key=value"),
+                             typed=False)
         if kind == "flickr8k" and not path:
             path = DEFAULT_FLICKR8K
         if kind in ("karpathy", "coco", "precomputed") and not path:
             raise DataError(f"dataset {kind!r} needs a path: {kind}:PATH")
         check_options(kind, options, spec)
         return cls(kind, path or None, options)
+
+    @classmethod
+    def of(cls, spec: "str | DatasetSpec") -> "DatasetSpec":
+        """``spec`` parsed, or as it is if it already is one: parse a spec once, pass the result on."""
+        return spec if isinstance(spec, DatasetSpec) else cls.parse(spec)
 
     @property
     def key(self) -> str:
@@ -91,7 +93,7 @@ def check_options(kind: str, options: dict, spec: str) -> None:
 
 def open_split(spec: str | DatasetSpec, split: str) -> Split:
     """Read one split of a dataset."""
-    s = DatasetSpec.parse(spec) if isinstance(spec, str) else spec
+    s = DatasetSpec.of(spec)
     k = int(s.options.get("captions_per_image", CAPTIONS_PER_IMAGE))
     if s.kind == "synthetic":
         n = s.options.get(f"n_{split}")

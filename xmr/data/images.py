@@ -7,9 +7,8 @@ import numpy as np
 from PIL import Image
 
 from xmr.data.base import DataError
+from xmr.interface import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 MAX_PIXELS = 64_000_000  # refuse decompression bombs with a clear message
 
 

@@ -15,13 +15,16 @@ from xmr.data.base import CAPTIONS_PER_IMAGE, DataError, Split
 from xmr.data.text import read_caption_line
 
 
-def load_feature_array(path: Path) -> np.ndarray:
-    """Memory-map a feature .npy and check it: 2 or 3 dims (4 for cached CNN activation maps
-    (N, C, g, g), image input "trunk"), float dtype, finite values."""
+def load_feature_array(path: Path, maps: bool = False) -> np.ndarray:
+    """Memory-map a feature .npy and check it: 2 or 3 dims, float dtype, finite values. ``maps``:
+    xmr's own cache of CNN activation maps (N, C, g, g) (image input "trunk"), 4 dims; a dataset's
+    precomputed features never have 4."""
     if not path.is_file():
         raise DataError(f"{path}: feature file not found")
     arr = _open_npy(path)
-    if arr.ndim not in (2, 3, 4):
+    if maps and arr.ndim != 4:
+        raise DataError(f"{path}: activation maps must be (N, C, g, g), got shape {arr.shape}")
+    if not maps and arr.ndim not in (2, 3):
         raise DataError(f"{path}: features must be (N, D) or (N, R, D), got shape {arr.shape}")
     if 0 in arr.shape:
         raise DataError(f"{path}: features have shape {arr.shape}: no {'rows' if arr.shape[0] == 0 else 'feature values'}"
@@ -62,9 +65,11 @@ def _nonblank_tail(lines: list[str]) -> list[str]:
     return lines
 
 
-def read_precomputed(root: str | Path, split: str, captions_per_image: int = CAPTIONS_PER_IMAGE) -> Split:
+def read_precomputed(root: str | Path, split: str, captions_per_image: int = CAPTIONS_PER_IMAGE,
+                     maps: bool = False) -> Split:
+    """A split of a precomputed-feature folder (``maps``: xmr's cache of trunk activation maps)."""
     root = Path(root)
-    feats = load_feature_array(root / f"{split}_ims.npy")
+    feats = load_feature_array(root / f"{split}_ims.npy", maps)
     caps_file = root / f"{split}_caps.txt"
     if not caps_file.is_file():
         raise DataError(f"{caps_file}: caption file not found")

@@ -16,9 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from xmr.data.base import DataError
-
-PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<start>", "<end>"
-SPECIALS = (PAD, UNK, BOS, EOS)
+from xmr.interface import BOS, EOS, PAD, SPECIALS, UNK  # noqa: F401  (re-exported: the vocabulary's first ids)
 _TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 
 

@@ -9,13 +9,14 @@ caption's ground-truth score first; it comes from a cheap pass over the diagonal
 from __future__ import annotations
 
 import time
+from typing import Iterator
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from xmr.data.pairs import PairData
-from xmr.eval.metrics import i2t_ranks, mean_over_folds, summarize, t2i_counts
+from xmr.eval.recall import i2t_ranks, mean_over_folds, summarize, t2i_counts
 from xmr.models.base import Reps, RetrievalModel
 
 
@@ -28,15 +29,25 @@ def take(reps: Reps, idx) -> Reps:
 
 
 @torch.no_grad()
+def encoded_batches(model: RetrievalModel, data: PairData, side: str, batch_size: int = 256,
+                    progress: bool = False) -> Iterator[Reps]:
+    """The per-item parts of every image (``side="images"``) or caption (``"captions"``) of
+    ``data``, one batch of ``batch_size`` items at a time, in order."""
+    if side not in ("images", "captions"):
+        raise ValueError(f"side must be images or captions, not {side!r}")
+    n = data.n_images if side == "images" else data.n_captions
+    for s in tqdm(range(0, n, batch_size), desc=f"encode {side}", disable=not progress):
+        idx = np.arange(s, min(n, s + batch_size))
+        yield model.encode_images(data.image_batch(idx)) if side == "images" else \
+            model.encode_texts(data.text_batch(idx))
+
+
 def encode(model: RetrievalModel, data: PairData, batch_size: int = 256,
            progress: bool = False) -> tuple[Reps, Reps]:
     """Every image's and caption's per-item parts, computed once."""
     model.eval()
-    imgs = [model.encode_images(data.image_batch(np.arange(s, min(s + batch_size, data.n_images))))
-            for s in tqdm(range(0, data.n_images, batch_size), desc="encode images", disable=not progress)]
-    txts = [model.encode_texts(data.text_batch(np.arange(s, min(s + batch_size, data.n_captions))))
-            for s in tqdm(range(0, data.n_captions, batch_size), desc="encode captions", disable=not progress)]
-    return _cat(imgs), _cat(txts)
+    return tuple(_cat(list(encoded_batches(model, data, side, batch_size, progress)))
+                 for side in ("images", "captions"))
 
 
 @torch.no_grad()
@@ -107,7 +118,7 @@ def evaluate(model: RetrievalModel, data: PairData, folds: int = 1, progress: bo
         out["per_fold"] = [{k: v for k, v in r.items() if k != "ranks"} for r in per_fold]
     out["seconds"] = {"encode": t_encode, "total": time.perf_counter() - t0}
     bad = non_finite_count(img) + non_finite_count(txt)
-    if bad:  # ranked last (xmr.eval.metrics), and reported: such a result is never a model's best
+    if bad:  # ranked last (xmr.eval.recall), and reported: such a result is never a model's best
         out["non_finite"] = bad
         import sys
 

@@ -33,7 +33,7 @@ total, 22.9 on the 0-shot set of 516), which a gallery shrunk to a few hundred i
 - image->text (``"i2t"``): one query per subset *pair*: its image, whose ground truth is that
   pair's rare sentence, ranked among all test sentences. The image's other ground-truth captions
   are correct answers, so they are not counted above it (the rank is the number of captions of
-  *other* images scoring >= the pair's score; pessimistic ties as in ``xmr.eval.metrics``). This
+  *other* images scoring >= the pair's score; pessimistic ties as in ``xmr.eval.recall``). This
   tests the rare sentence itself; the standard image->text rank (best of the image's five
   captions) would let an image be credited for its easy, common-word captions. It needs the
   subset images' scores against all captions, recomputed with the model (``pair_i2t_ranks``,
@@ -56,7 +56,7 @@ import numpy as np
 import torch
 
 from xmr.data.text import tokenize
-from xmr.eval.metrics import RECALL_KS, finite_or_last, recall_summary
+from xmr.eval.recall import RECALL_KS, finite_or_last, recall_summary
 
 DEFAULT_KS = (0, 1, 5)
 
@@ -135,20 +135,10 @@ def pair_ranks(scores: torch.Tensor, caption_image: torch.Tensor, captions: torc
                images: torch.Tensor) -> torch.Tensor:
     """0-based rank of caption ``captions[p]`` for image ``images[p]``, given that image's scores
     ``scores[p]`` (P, Nt) against all captions: how many captions of other images score >= it."""
-    scores = finite_or_last(scores)  # a non-finite score ranks last (xmr.eval.metrics)
+    scores = finite_or_last(scores)  # a non-finite score ranks last (xmr.eval.recall)
     gt = scores[torch.arange(scores.size(0)), captions]
     other = caption_image.view(1, -1) != images.view(-1, 1)
     return ((scores >= gt.view(-1, 1)) & other).sum(1)
-
-
-def pair_ranks_from_scores(scores: torch.Tensor | np.ndarray, caption_image: np.ndarray,
-                           captions: np.ndarray | None = None) -> np.ndarray:
-    """Image->text pair ranks from a full (Ni, Nt) score matrix, for ``captions`` (default all)."""
-    scores = torch.as_tensor(scores)
-    cap_img = torch.as_tensor(np.asarray(caption_image), dtype=torch.long)
-    caps = (torch.arange(cap_img.numel()) if captions is None
-            else torch.as_tensor(np.asarray(captions), dtype=torch.long))
-    return pair_ranks(scores[cap_img[caps]], cap_img, caps, cap_img[caps]).numpy()
 
 
 @torch.no_grad()

@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from xmr.data.labelled import LabelledSet, Modality
-from xmr.eval.ranking import label_retrieval_metrics, relevance
+from xmr.data.labelled_sets import LabelledSet, Modality
+from xmr.eval.label_ranking import label_retrieval_metrics, relevance
 from xmr.models.base import RetrievalModel
 
 P_AT = (1, 10, 100)

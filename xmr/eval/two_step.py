@@ -1,5 +1,8 @@
 """Two-step retrieval: a cheap first stage shortlists K candidates, a pairwise score re-ranks them.
 
+This is xmr's one retriever: evaluation (``two_step_evaluate``, ``k_curve``, dev validation) and
+search (``xmr.search.engine``, whose first stage is a faiss index) re-rank through ``rerank``.
+
 JGCAR (Sec. 2.5) retrieves the top K = 100 by its global representation and re-ranks them by the
 co-attentive score; the same scheme serves every pairwise model (ACMM, MMCA, JGCAR) with either the
 model's own cheap part (``embed``) or any trained embedding model (e.g. VSE++) as the first stage.
@@ -9,7 +12,7 @@ first-stage order (a first stage with Euclidean embeddings, ``metric = "l2"``, i
 exactly equivalent inner product by ``inner_product_form``). So a query whose ground truth is shortlisted gets its rank among the candidates
 by the pairwise score, and one whose ground truth is not keeps its first-stage rank (which is >= K).
 With K = all items the ranks equal exhaustive pairwise scoring. Ties follow the pessimistic rule of
-``xmr.eval.metrics``. Everything runs in query blocks: a block's first-stage scores against the
+``xmr.eval.recall``. Everything runs in query blocks: a block's first-stage scores against the
 whole database, its top-K, and ``model.indexed_pair_similarity`` on the block's (query, candidate) pairs.
 """
 from __future__ import annotations
@@ -23,8 +26,23 @@ from tqdm import tqdm
 
 from xmr.data.pairs import PairData
 from xmr.eval.evaluate import encode
-from xmr.eval.metrics import finite_or_last, gt_ranks, recall_summary, summarize
+from xmr.eval.recall import finite_or_last, gt_ranks, recall_summary, summarize
 from xmr.models.base import Reps, RetrievalModel
+
+
+@torch.no_grad()
+def rerank(model: RetrievalModel, queries: Reps, items: Reps, q: torch.Tensor, cand: torch.Tensor,
+           query_is_image: bool) -> torch.Tensor:
+    """The model's pair score (B, K) of each query ``q[b]`` (a row of ``queries``) with its
+    shortlisted items ``cand[b]`` (rows of ``items``), through ``indexed_pair_similarity`` so that a
+    query's per-item work is done once, not K times."""
+    k = cand.size(1)
+    q_rows, c_rows = q.repeat_interleave(k), cand.reshape(-1)
+    if query_is_image:
+        fine = model.indexed_pair_similarity(queries, items, q_rows, c_rows)
+    else:
+        fine = model.indexed_pair_similarity(items, queries, c_rows, q_rows)
+    return fine.view(len(q), k)
 
 
 @torch.no_grad()
@@ -51,12 +69,7 @@ def rerank_direction(model: RetrievalModel, queries: Reps, items: Reps, q_emb: t
         first_ranks[q] = gt_ranks(coarse, is_gt)
         cand = coarse.topk(k, dim=1).indices  # (B, K)
         t1 = time.perf_counter()
-        q_rows, c_rows = q.repeat_interleave(k), cand.reshape(-1)
-        if query_is_image:
-            fine = model.indexed_pair_similarity(queries, items, q_rows, c_rows)
-        else:
-            fine = model.indexed_pair_similarity(items, queries, c_rows, q_rows)
-        fine = fine.view(len(q), k)
+        fine = rerank(model, queries, items, q, cand, query_is_image)
         cand_gt = is_gt.gather(1, cand)
         ranks[q] = torch.where(cand_gt.any(1), gt_ranks(fine, cand_gt), first_ranks[q])
         t_first += t1 - t0
@@ -128,18 +141,17 @@ def k_curve(model: RetrievalModel, data: PairData, ks: list[int],
 def first_stage_embeddings(run: str | Path, data: str, split: str, cache: Path,
                            like: PairData) -> tuple[torch.Tensor, torch.Tensor]:
     """Another trained model's embeddings of a split, as the first stage for ``like``'s model."""
-    from xmr.features.store import pair_data
-    from xmr.train import load_trained
+    from xmr.runs import open_run
 
-    model, vocab, meta = load_trained(run)
-    other = pair_data(data, split, model.inputs, vocab, meta["max_len"], meta["extractor"], cache)
+    trained = open_run(run)
+    model, other = trained.model, trained.data(split, data, cache)
     if (other.n_images, other.n_captions) != (like.n_images, like.n_captions):
         raise ValueError(f"first stage {run} sees {other.n_images} images / {other.n_captions} captions, "
                          f"the model {like.n_images} / {like.n_captions}")
     img, txt = encode(model, other)
     im_emb, tx_emb = model.embed(img), model.embed(txt)
     if im_emb is None or tx_emb is None:
-        raise ValueError(f"{run}: model {meta['model']!r} has no embedding to serve as a first stage")
+        raise ValueError(f"{run}: model {model.name!r} has no embedding to serve as a first stage")
     return inner_product_form(im_emb, tx_emb, model.metric)
 
 

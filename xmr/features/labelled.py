@@ -8,17 +8,18 @@ import numpy as np
 import torch
 
 from xmr.data import DatasetSpec, open_split
-from xmr.data.labelled import LabelledSet, Modality, open_labelled
-from xmr.data.labels import LABEL_NAMES, keyword_labels
+from xmr.data.keyword_labels import LABEL_NAMES, keyword_labels
+from xmr.data.labelled_sets import LabelledSet, Modality, open_labelled
 from xmr.features.store import DEFAULT_CACHE, split_with_features
-from xmr.features.text import bert_states, sentence_vectors
+from xmr.features.text import bert_states
+from xmr.interface import sentence_vectors
 
 
 def flickr8k_labelled(cache: Path = DEFAULT_CACHE, extractor: str = "efficientnet-lite0-224",
                       progress: bool = True) -> LabelledSet:
     """Flickr8k as a labelled two-modality set: ``image`` = pooled CNN features, ``text`` = each
     caption's mean MiniLM token state (``sentence_vectors``), labels = the caption-keyword classes
-    (xmr/data/labels.py; a caption has its image's labels). Items without any class are left out,
+    (xmr/data/keyword_labels.py; a caption has its image's labels). Items without any class are left out,
     as the hashing literature prunes unlabelled COCO images."""
     parts: dict[str, dict[str, list]] = {"image": {"x": [], "y": []}, "text": {"x": [], "y": []}}
     splits: dict[str, dict[str, np.ndarray]] = {"image": {}, "text": {}}
@@ -44,7 +45,7 @@ def flickr8k_labelled(cache: Path = DEFAULT_CACHE, extractor: str = "efficientne
 
 def labelled_set(data: str, cache: Path = DEFAULT_CACHE, extractor: str = "efficientnet-lite0-224",
                  progress: bool = True, seed: int = 0) -> LabelledSet:
-    """``flickr8k`` (``flickr8k_labelled``) or any spec of ``xmr.data.labelled.open_labelled``."""
+    """``flickr8k`` (``flickr8k_labelled``) or any spec of ``xmr.data.labelled_sets.open_labelled``."""
     if data == "flickr8k":
         return flickr8k_labelled(cache, extractor, progress)
     return open_labelled(data, seed)

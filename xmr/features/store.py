@@ -20,7 +20,7 @@ from xmr.data.pairs import PairData
 from xmr.data.precomputed import read_precomputed
 from xmr.data.text import Vocab
 from xmr.features.image import extract_split, feature_dirs, skipped_images, trunk_dir
-from xmr.models.base import Inputs
+from xmr.interface import Inputs
 
 DEFAULT_CACHE = Path(os.environ.get("XMR_CACHE", "runs/cache"))
 IMAGE_INPUTS = ("pooled", "regions", "trunk")
@@ -40,21 +40,20 @@ def split_with_features(data: str | DatasetSpec, split: str, image_input: str,
     Unreadable images stop with a DataError naming the file (``on_bad_input="fail"``) or are left
     out with their captions, counted on stderr (``"skip"``).
     """
+    spec = DatasetSpec.of(data)
     if image_input == "pixels":
         from xmr.features.pixels import split_with_pixels
 
-        spec = DatasetSpec.parse(data) if isinstance(data, str) else data
         return split_with_pixels(open_split(spec, split), spec.key, resolution, cache, progress, on_bad_input)
     if image_input not in IMAGE_INPUTS:
         raise ValueError(f"image input must be one of {IMAGE_INPUTS}, not {image_input!r}")
-    spec = DatasetSpec.parse(data) if isinstance(data, str) else data
     raw = open_split(spec, split)
     if raw.features is None:
         root = feature_root(spec, extractor, cache)
         extract_split(raw, root, extractor, progress=progress, on_bad_input=on_bad_input)
         grid_dir, pooled_dir = feature_dirs(root)
         stored_dir = {"regions": grid_dir, "pooled": pooled_dir, "trunk": trunk_dir(root)}[image_input]
-        stored = read_precomputed(stored_dir, split, raw.captions_per_image)
+        stored = read_precomputed(stored_dir, split, raw.captions_per_image, maps=image_input == "trunk")
         raw.features = stored.features
         skipped = skipped_images(root, split)
         if skipped and on_bad_input == "fail":
@@ -81,11 +80,11 @@ def pair_data(data: str | DatasetSpec, split: str, inputs: Inputs, vocab: Vocab,
               extractor: str = "efficientnet-lite0-224", cache: Path = DEFAULT_CACHE,
               progress: bool = True, on_bad_input: str = "fail") -> PairData:
     """Everything a model with these ``inputs`` reads from one split, ready for batching."""
-    spec = DatasetSpec.parse(data) if isinstance(data, str) else data
+    spec = DatasetSpec.of(data)
     s = split_with_features(spec, split, inputs.image, extractor, cache, progress, on_bad_input,
                             resolution=inputs.pixels)
     if inputs.labels:
-        from xmr.data.labels import with_labels
+        from xmr.data.keyword_labels import with_labels
 
         with_labels(s)
     extra = {}

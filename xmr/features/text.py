@@ -13,14 +13,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-BERT_DIM = 384
-
-
-def sentence_vectors(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """A caption's sentence vector: the mean of its frozen MiniLM token states (N, T, 384) over
-    its words (CMMN's text modality)."""
-    mask = mask.to(states.dtype).unsqueeze(-1)
-    return (states * mask).sum(1) / mask.sum(1).clamp(min=1)
+from xmr.interface import BERT_DIM
 
 
 def load_bert():

@@ -24,8 +24,7 @@
   words; **loss** (Sec. 3.4): bidirectional hinge with the hardest in-batch negatives (VSE++ MH),
   margin m, on the B x B score matrix. ``warmup_epochs`` (not in the paper; VSE++'s schedule) sums
   the violations over all negatives for the first epochs: from a random start the hardest-negative
-  loss sits at its collapsed value (every score equal, loss 2 B m); on the tiny synthetic set,
-  6 epochs reach dev rsum ~170 without a warm-up and ~370 with one epoch of it (cpu / tiny presets).
+  loss sits at its collapsed value (every score equal, loss 2 B m), which summed violations leave.
 - **ACMM*** (Sec. 4.5): ``ensemble_similarity`` averages the score matrices of lam = 0.5 and 0.8.
 
 Memory, persistence and gradients (our decisions; the paper gives none of these details):
@@ -53,30 +52,25 @@ Memory, persistence and gradients (our decisions; the paper gives none of these 
   addressing of Sec. 3.3). With dense addressing the memory collapses: at the start every write key
   has a near-uniform softmax over the items, a batch's B x J x 2 writes erase every item and leave
   each the same weighted mean of the write vectors, and identical items can never be addressed
-  apart again (the "mem" ablation then scores every pair alike). In our exploratory runs on the
-  synthetic set (not a committed experiment), averaging a step's writes over the batch, a larger
-  initial write strength or a negative erase bias did not prevent it, and top-2 / top-4 writes
-  collapsed nearly as far. Top-1 writes (sparse access as in Rae et al. 2016, each write changes
-  only its most similar item) keep the items apart (Flickr8k: mean pairwise cosine 0.66,
-  ``results/acmm-flickr8k/memory-terms.json``), at a price: the softmax over one item is 1, so the write keys and strengths get no gradient and act as
-  fixed random projections that choose the item (the erase and write vectors still learn).
+  apart again (the "mem" ablation then scores every pair alike). Top-1 writes (sparse access as in
+  Rae et al. 2016, each write changes only its most similar item) keep the items apart
+  (results/README.md, ACMM), at a price: the softmax over one item is 1, so the write keys and
+  strengths get no gradient and act as fixed random projections that choose the item (the erase
+  and write vectors still learn).
   ``tests/test_acmm.py`` shows both behaviours on the update alone.
-- Reads (``unit_items``, ``read_strength_bias``; off in every preset, not in the paper). Trained on
-  Flickr8k, the read strength beta^r stays near its initial oneplus(0) = 1.7, so the read weights
-  are nearly uniform over the items and every read is about the same mixture of them, dominated by
-  the items of largest norm: the memory term is then the same for every pair
-  (``experiments/acmm_memory_terms.py``, results/README.md). ``unit_items`` rescales the items to
-  unit length after every write step (and at initialisation); ``read_strength_bias`` initialises
-  the bias of the read-strength outputs, so beta^r starts at oneplus(bias) (e.g. 10 -> ~11).
-  Measured on Flickr8k, they do not help: the items drift together instead, so sharp reads are
-  still flat over them (``results/acmm-flickr8k/ablation-sharp-reads.md``).
+- Reads (``unit_items``, ``read_strength_bias``; off in every preset, not in the paper): options
+  against reads that are nearly uniform over the items, a read strength beta^r that stays near
+  its initial oneplus(0) (``experiments/acmm_memory_terms.py``; what they do is measured in
+  results/README.md, ACMM). ``unit_items`` rescales the items to unit length after every write
+  step (and at initialisation); ``read_strength_bias`` initialises the bias of the read-strength
+  outputs, so beta^r starts at oneplus(bias) (e.g. 10 -> ~11).
 - Fast update (b), ``fast_update``: the writes are applied sequentially over word positions
   t = 1..J (2 J steps), each step vectorised over the batch's sentences: at position t the
   region-side writes of all B pairs are addressed against the current memory and applied at once,
   ``M <- M o prod_p (1 - w_p e_p) + sum_p w_p u_p``, then the word-side writes likewise. Against the
   strictly sequential order (pair by pair, word by word, region then word, each write addressed
-  after the previous one; ``strict_sequential_update``) this is EXACT for one pair (B = 1: every
-  step holds one write) and otherwise differs only in second order: the B writes of a step are
+  after the previous one; ``strict_sequential_update`` in tests/test_acmm.py) this is EXACT for
+  one pair (B = 1: every step holds one write) and otherwise differs only in second order: the B writes of a step are
   addressed against the same memory, an add of one is not erased by another of the same step, and
   the order is position-major. Scaling every erase and write vector by eps, the two results differ
   by O(eps^2) while the update itself is O(eps) (``tests/test_acmm.py`` checks both relations).
@@ -124,7 +118,7 @@ from torch import nn
 
 from xmr.losses import ViolationWarmup, triplet_ranking_loss
 from xmr.models.base import Inputs, Preset, RetrievalModel, Reps, register
-from xmr.models.text_encoders import GRUEncoder, word_embedding
+from xmr.models.text_encoders import GRUEncoder, drop_padding_columns, word_embedding
 
 EPS = 1e-8
 
@@ -141,7 +135,7 @@ PRESETS = {
     # 2 CPU cores, Flickr8k (30k training pairs, 7 x 7 = 49 regions): H = 256, N = 64 items of
     # W = 128, Adam, one warm-up epoch of summed violations, top-1 writes (the dense ones collapse
     # the memory, module docstring); 32 words cover all but 0.02% of
-    # Flickr8k captions (longest 38). ~5 min per epoch on one thread (similarity ~50k pairs/s).
+    # Flickr8k captions (longest 38).
     "cpu": Preset(
         model=dict(word_dim=300, hidden=256, mem_items=64, mem_width=128, lam=0.5, margin=0.2, warmup_epochs=1,
                    write_topk=1),
@@ -205,7 +199,7 @@ def fast_update(memory: torch.Tensor, region: Heads, word: Heads, topk: int = 0,
     memory (banks, N, W): bank 0 takes the region side's writes, bank -1 the word side's (the same
     bank when shared). For t = 1..max(T): the region writes at position t of all P sequences are
     addressed against the current memory and applied at once (``write``), then the word writes at t.
-    Exact against ``strict_sequential_update`` when P = 1; otherwise equal to first order in the
+    Exact against the strictly sequential update (every write in turn) when P = 1; otherwise equal to first order in the
     erase / write vectors (see the module docstring). Differentiable in the heads and the memory.
     ``unit_items`` rescales the items to unit length after every write step (not in the paper).
     """
@@ -221,20 +215,6 @@ def fast_update(memory: torch.Tensor, region: Heads, word: Heads, topk: int = 0,
             banks[b] = write(banks[b], w, heads.erase[live, t], heads.add[live, t])
             if unit_items:
                 banks[b] = F.normalize(banks[b], dim=-1, eps=EPS)
-    return torch.stack(banks)
-
-
-def strict_sequential_update(memory: torch.Tensor, region: Heads, word: Heads, topk: int = 0) -> torch.Tensor:
-    """Reference for tests: every write in turn, straight from the Sec. 3.3 equations. Pair by pair,
-    position by position, the region write then the word write, each addressed against the memory
-    the previous write left: ``M_i <- M_i o (1 - w_i e) + w_i u``."""
-    banks = list(memory.unbind(0))
-    for p in range(region.mask.size(0)):
-        for t in range(max(region.mask.size(1), word.mask.size(1))):
-            for heads, b in ((region, 0), (word, len(banks) - 1)):
-                if t < heads.mask.size(1) and bool(heads.mask[p, t]):
-                    w = address(heads.key[p, t], banks[b], heads.strength[p, t], topk)  # (N,)
-                    banks[b] = banks[b] * (1 - w[:, None] * heads.erase[p, t]) + w[:, None] * heads.add[p, t]
     return torch.stack(banks)
 
 
@@ -268,13 +248,6 @@ def _softmax_regions(logits: torch.Tensor) -> torch.Tensor:
     """Softmax over dim 1 (the regions) of (n, I, L), written out (faster than torch's on CPU here)."""
     e = torch.exp(logits - logits.detach().amax(1, keepdim=True))
     return e / e.sum(1, keepdim=True)
-
-
-def _trim(txt: Reps) -> Reps:
-    """Drop trailing columns that are padding in every sentence (texts come padded to max_len)."""
-    valid = txt["mask"].any(0).nonzero()
-    width = int(valid.max()) + 1 if valid.numel() else 1
-    return {k: v[:, :width] for k, v in txt.items()}
 
 
 @register("acmm", presets=PRESETS)
@@ -404,7 +377,7 @@ class ACMM(RetrievalModel):
         """What t^V and t^S see for the aligned pairs (image p, sentence p): the aligned vectors v_j
         (with the alignment; the regions a_i for the "mem" ablation) and the word states s_j, each
         with its mask: (xv, mask_v, xs, mask_s)."""
-        txt = _trim(txt)
+        txt = drop_padding_columns(txt)
         mask = txt["mask"]
         if self.use_alignment:
             g = _softmax_regions(_iw(img["phi"], txt["alpha"]))  # (P, I, T)
@@ -549,7 +522,7 @@ class ACMM(RetrievalModel):
         memory = self.memory if self.use_memory else None
         if not self.use_alignment:
             return (self._pooled_read(img, memory) * self._pooled_read(txt, memory)).sum(-1)
-        txt = _trim(txt)
+        txt = drop_padding_columns(txt)
         mask = txt["mask"].to(txt["words"].dtype)
         lengths = mask.sum(1).clamp(min=1)
         step = max(1, self.cell_chunk // mask.size(1))

@@ -24,7 +24,7 @@ What training needs to know is declared here too, so the one loop of ``xmr/train
 every model without looking inside it:
 
 - ``learns_from``: ``"pairs"`` (image-sentence pairs; dev metric rsum of R@K) or ``"labels"``
-  (class-labelled modalities, ``xmr/data/labelled.py``; dev metric mean mAP, CMMN);
+  (class-labelled modalities, ``xmr/data/labelled_sets.py``; dev metric mean mAP, CMMN);
 - ``data_facts``: the constructor arguments that come from the data (``DATA_FACTS``), and
   ``word_vector_dim``: the width of the pretrained word vectors it takes as ``word_init``;
 - ``stages``: the phases of training (one by default; CMMN's pre-networks, then its joint
@@ -41,23 +41,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from xmr.interface import Inputs, Reps
 from xmr.optim import make_optimizer
 
-Reps = dict[str, torch.Tensor]
+__all__ = ["DATA_FACTS", "Batches", "Inputs", "ModelEntry", "Preset", "RetrievalModel", "Reps", "Stage",
+           "create_model", "get_entry", "get_preset", "model_names", "register"]
 
 # Constructor arguments that training reads off the data: vocabulary size, image feature width,
 # image regions per item, caption length (the recipe's max_len), training images (Revisiting's
-# classes), labelled modalities with their feature widths and the number of classes (CMMN).
+# classes), labelled modalities with their feature widths and the number of classes (CMMN),
+# the CNN backbone whose cached trunk a fine-tuned image tail continues (VSE++ ``image_input="trunk"``).
 DATA_FACTS = ("vocab_size", "image_dim", "n_regions", "max_len", "n_train_images", "modalities", "n_classes",
               "backbone")
-
-
-@dataclass(frozen=True)
-class Inputs:
-    image: str = "pooled"  # "pooled" | "regions" | "pixels" (raw uint8 images, Revisiting)
-    text: tuple[str, ...] = ("tokens",)
-    labels: bool = False  # training batches carry class labels (the dataset's, else keyword labels)
-    pixels: int = 0  # with image="pixels": the square resolution R of the (N, R, R, 3) uint8 images
 
 
 @dataclass(frozen=True)
@@ -128,10 +123,14 @@ class RetrievalModel(nn.Module):
 
     def pair_similarity(self, img: Reps, txt: Reps) -> torch.Tensor:
         """Scores (P,) of aligned rows, image p with sentence p: what two-step re-ranking asks of a
-        pairwise model for its shortlist. Default: embedding model, row-wise dot product."""
+        pairwise model for its shortlist. Default: embedding model, the row-wise dot product of
+        ``embed`` vectors, or under ``metric = "l2"`` their negative squared Euclidean distance."""
         if self.pairwise:
             raise NotImplementedError(f"pairwise model {self.name!r} must implement pair_similarity")
-        return (self.embed(img) * self.embed(txt)).sum(-1)
+        a, b = self.embed(img), self.embed(txt)
+        if self.metric == "l2":
+            return -(a - b).pow(2).sum(-1)
+        return (a * b).sum(-1)
 
     def indexed_pair_similarity(self, img: Reps, txt: Reps, img_index: torch.Tensor,
                                 txt_index: torch.Tensor) -> torch.Tensor:

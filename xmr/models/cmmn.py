@@ -23,7 +23,7 @@ pairs ``xmr.eval.labelled.fused_codes`` gives the COCO experiment's ``b = (h_img
 
 The model also implements xmr's pair interface for Flickr8k-style data (modalities ``image`` =
 pooled CNN features, ``text`` = the mean of frozen MiniLM token states,
-``xmr.features.text.sentence_vectors``), so ``xmr index`` and ``xmr serve`` work on a CMMN run
+``xmr.interface.sentence_vectors``), so ``xmr index`` and ``xmr serve`` work on a CMMN run
 (and ``xmr eval --protocol pairs`` gives R@K).
 
 Training (``xmr train --model cmmn``) runs two stages (``CMMN.stages``): the pre-networks on each
@@ -38,8 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xmr.interface import sentence_vectors
 from xmr.models.base import Inputs, Preset, RetrievalModel, Reps, Stage, register
-from xmr.features.text import sentence_vectors
 from xmr.optim import make_optimizer
 
 # Model keys and the training recipe (``train``; its pre_epochs and pre_lr are the pre-network stage's).
@@ -331,9 +331,6 @@ class CMMN(RetrievalModel):
     def similarity(self, img: Reps, txt: Reps) -> torch.Tensor:
         """Negative squared Euclidean distance between the h of images and sentences."""
         return -torch.cdist(img["emb"], txt["emb"]).pow(2)
-
-    def pair_similarity(self, img: Reps, txt: Reps) -> torch.Tensor:
-        return -(img["emb"] - txt["emb"]).pow(2).sum(-1)
 
     def loss(self, img: Reps, txt: Reps, batch: dict) -> dict:
         raise NotImplementedError("CMMN learns from class labels in stages (stage_loss): train it with "

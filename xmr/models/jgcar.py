@@ -1,4 +1,5 @@
-"""JGCAR: joint global and co-attentive representation learning (Xu et al., ACM MM 2018).
+"""JGCAR: joint global and co-attentive representation learning (Wang, Chen, Zhuo, Huang & Tian,
+ACM MM 2018).
 
 - **Text** (Sec. 2.1): learned word embeddings ``W_e`` (Eq. 1) -> convolutions of width 1, 2, 3
   with tanh, right-zero-padded so each keeps length T (Eq. 2) -> element-wise max over the three
@@ -40,6 +41,7 @@ from torch import nn
 
 from xmr.losses import triplet_ranking_loss
 from xmr.models.base import Inputs, Preset, RetrievalModel, Reps, Stage, register
+from xmr.models.text_encoders import drop_padding_columns
 from xmr.optim import make_optimizer
 
 PRESETS = {
@@ -54,21 +56,20 @@ PRESETS = {
                    lambda3=1.0, lambda4=2.5e-5, beta=0.5, gamma=10.0, negatives=30, dropout=0.5),
         train=dict(epochs=128, batch_size=200, lr=4e-4, momentum=0.99, weight_decay=1e-8,
                    optimizer="sgd+rmsprop", max_len=15, early_stop=5, dev_rerank_k=100, grad_clip=0.0),
-        note="Xu et al. 2018, Sec. 3.1",
+        note="Wang et al. 2018, Sec. 3.1",
     ),
     # 256-d words/phrases, l = 128 and M' = 10: the co-attention runs on B (1 + 2 M') pairs per
     # batch, so this is ~5x cheaper than l = 256, M' = 30 (benchmarks/model_throughput.py). Adam:
     # the paper's SGD at lr 4e-4 barely moves in the few epochs 2 CPU cores allow.
     # lambda4 = 1e-4 ~ 1 / (128 * 127), as in the paper preset. Hard negatives and lr 1e-3 were
-    # chosen on dev (1000 training images, 2 epochs, dev rsum on 300 images): random negatives at
-    # lr 2e-4 37.3, hard 47.9, hard at lr 1e-3 79.9, hard at 3e-3 47.5 (runs/jgcar-dev).
+    # chosen on dev (results/README.md, JGCAR).
     "cpu": Preset(
         model=dict(word_dim=256, phrase_dim=256, d=256, att_dim=128, margin=0.2, lambda2=1.0,
                    lambda3=1.0, lambda4=1e-4, beta=0.5, gamma=10.0, negatives=10, hard_negatives=True,
                    dropout=0.5),
         train=dict(epochs=4, batch_size=128, lr=1e-3, optimizer="adam", max_len=15, early_stop=3,
                    dev_rerank_k=100, grad_clip=2.0),
-        note="small enough for 2 CPU cores (7 x 7 grid at 224^2), ~7 min per Flickr8k epoch",
+        note="small enough for 2 CPU cores (7 x 7 grid at 224^2)",
     ),
     "tiny": Preset(
         model=dict(word_dim=32, phrase_dim=32, d=32, att_dim=32, margin=0.2, lambda2=1.0,
@@ -243,17 +244,12 @@ class JGCAR(RetrievalModel):
         logit_s = self.w_hs(h_s).squeeze(-1).masked_fill(~txt["mask"], float("-inf"))
         return torch.softmax(self.w_hv(h_v).squeeze(-1), -1), torch.softmax(logit_s, -1)
 
-    def _width(self, txt: Reps) -> Reps:
-        """Drop trailing all-padding word columns, so a block's cost follows its longest sentence."""
-        width = max(1, int(txt["mask"].sum(1).max()))
-        return {k: v[:, :width] if v.dim() > 1 and k != "g" else v for k, v in txt.items()}
-
     def similarity(self, img: Reps, txt: Reps) -> torch.Tensor:
         """Co-attentive cosine (Eq. 15) for every pair, in chunks of ``pair_chunk`` pairs; the global
         score Omega when the model was trained without co-attention (beta = 1, GRL)."""
         if not self.uses_coattention:
             return img["g"] @ txt["g"].T
-        txt = self._width(txt)
+        txt = drop_padding_columns(txt, whole=("g",))
         ni, nt = img["V"].size(0), txt["S"].size(0)
         bt = min(nt, self.pair_chunk)
         bi = max(1, self.pair_chunk // bt)
@@ -270,7 +266,7 @@ class JGCAR(RetrievalModel):
     def pair_similarity(self, img: Reps, txt: Reps) -> torch.Tensor:
         if not self.uses_coattention:
             return (img["g"] * txt["g"]).sum(-1)
-        txt = self._width(txt)
+        txt = drop_padding_columns(txt, whole=("g",))
         out = []
         for s in range(0, img["V"].size(0), self.pair_chunk):
             v_bar, s_bar = self.coattend({k: v[s: s + self.pair_chunk] for k, v in img.items()},
@@ -312,7 +308,7 @@ class JGCAR(RetrievalModel):
 
     def rank_loss(self, img: Reps, txt: Reps, batch: dict) -> torch.Tensor:
         """J_C: the bi-rank loss of Eq. 16 in both directions, averaged over the batch's pairs."""
-        txt = self._width(txt)
+        txt = drop_padding_columns(txt, whole=("g",))
         b = img["V"].size(0)
         neg_txt, neg_img = self.pick_negatives(img, txt, batch)
         m = neg_txt.size(1)

@@ -44,6 +44,7 @@ from torch.utils.checkpoint import checkpoint
 
 from xmr.losses import triplet_ranking_loss
 from xmr.models.base import Inputs, Preset, RetrievalModel, Reps, register
+from xmr.models.text_encoders import drop_padding_columns
 
 PRESETS = {
     # Sec. 4.2: d-dim space, Transformer units with 16 heads, 256 filters per window, Adam at
@@ -57,8 +58,8 @@ PRESETS = {
     ),
     # d = 64, 4 heads, 64 filters, batch 32, no dropout: the cross branch runs per pair (B x B in
     # training, so a sample costs O(B); every image x caption in evaluation) and its cost grows
-    # quickly with d; on 2 CPU cores this is ~6 min per Flickr8k epoch instead of ~35 at d = 128,
-    # B = 64 (benchmarks/model_throughput.py). Dropout masks were a third of the CPU time.
+    # quickly with d (the preset's measured speed: results/README.md, benchmarks/model_throughput.py);
+    # dropout masks were a large share of the CPU time.
     "cpu": Preset(
         model=dict(d=64, heads=4, ff_dim=64, filters=64, alpha=0.2, margin=0.2, dropout=0.0),
         train=dict(epochs=6, lr=2e-4, lr_decay_epochs=[4], lr_decay=0.1, batch_size=32,
@@ -163,13 +164,6 @@ def _softmax_lse(logits: torch.Tensor, dim: int = -1) -> tuple[torch.Tensor, tor
     e = torch.exp(logits - m)
     s = e.sum(dim, keepdim=True)
     return e / s, (m + s.log()).squeeze(dim)
-
-
-def _trim(words: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Drop trailing columns that are padding in every row (BERT states come at full max_len)."""
-    valid = mask.any(0).nonzero()
-    width = int(valid.max()) + 1 if valid.numel() else 1
-    return words[:, :width], mask[:, :width]
 
 
 @register("mmca", presets=PRESETS)
@@ -290,7 +284,8 @@ class MMCA(RetrievalModel):
         return i1, F.normalize(c1, dim=-1).view(*lead, d)
 
     def _cross_sides(self, regions: torch.Tensor, words: torch.Tensor, mask: torch.Tensor) -> tuple[Reps, Reps]:
-        words, mask = _trim(words, mask)
+        trimmed = drop_padding_columns({"words": words, "mask": mask})  # BERT states come at full max_len
+        words, mask = trimmed["words"], trimmed["mask"]
         parts = self.cross_items(regions, words, mask)
         img = {key: parts[key] for key in ("regions", "qr", "kr", "vr", "o_rr", "lse_rr")}
         txt = {key: parts[key] for key in ("words", "mask", "qe", "ke", "ve", "o_ee", "lse_ee")}

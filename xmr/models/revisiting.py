@@ -37,9 +37,7 @@ fine-tune the ImageNet weights at 96². ``freeze_blocks=N`` (0-16) freezes the s
 N of the 16 MBConv blocks: no gradients, batch norms kept in eval mode, run under ``no_grad`` and,
 on CPU, as a traced and frozen copy (BN folded, channels-last; rebuilt whenever those weights
 change, e.g. on loading a checkpoint), so a CPU run only back-propagates through the last blocks,
-the 1x1 head convolution and the projection. Measured on this machine (one thread, the other
-core busy): the ``cpu`` preset trains at about 46 pairs/s (92 trunk passes/s), ~11 min per epoch
-of Flickr8k's 30k training pairs, ``cpu-config2`` at about 27 pairs/s (~19 min).
+the 1x1 head convolution and the projection (training speed: results/README.md, throughput).
 
 **Loss (Sec. 3.3).** The class of a training sample is its image's index in the training split
 (``batch["image_index"]``); an image and its encoded captions share one class and one centre.
@@ -77,9 +75,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xmr.data.images import IMAGENET_MEAN, IMAGENET_STD
-from xmr.data.text import SPECIALS
 from xmr.data.text_image import CONFIG2_CROP, BlockEncoder
+from xmr.interface import IMAGENET_MEAN, IMAGENET_STD, SPECIALS
 from xmr.losses import CenterLoss
 from xmr.models.base import Inputs, Preset, RetrievalModel, Reps, register
 
@@ -391,9 +388,6 @@ class Revisiting(RetrievalModel):
         a, b = img["emb"], txt["emb"]
         d = a.pow(2).sum(1, keepdim=True) + b.pow(2).sum(1)[None] - 2 * a @ b.T
         return -d.clamp(min=0)
-
-    def pair_similarity(self, img: Reps, txt: Reps) -> torch.Tensor:
-        return -(img["emb"] - txt["emb"]).pow(2).sum(-1)
 
     # ------------------------------------------------------------------ training
     def loss(self, img: Reps, txt: Reps, batch: dict) -> dict[str, torch.Tensor]:

@@ -1,10 +1,22 @@
-"""Text encoders shared by several models."""
+"""Text-side pieces shared by several models: word embeddings, the GRU encoder, padding trimming."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from xmr.interface import Reps
+
+
+def drop_padding_columns(words: Reps, whole: tuple[str, ...] = ()) -> Reps:
+    """``words`` (per-word tensors (N, T, ...) and their ``"mask"`` (N, T), False = padding) without
+    the trailing columns that are padding in every sentence, so that scoring a block costs what its
+    longest sentence needs, not the padded width (texts come padded to max_len). Keys in ``whole``
+    hold one row per sentence, no word axis, and are kept as they are."""
+    valid = words["mask"].any(0).nonzero()
+    width = int(valid.max()) + 1 if valid.numel() else 1
+    return {k: v if k in whole else v[:, :width] for k, v in words.items()}
 
 
 def word_embedding(vocab_size: int, dim: int, init: np.ndarray | None) -> nn.Embedding:

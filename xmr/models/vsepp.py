@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from xmr.backbones import FEATURE_DIM
+from xmr.interface import BERT_DIM
 from xmr.losses import ViolationWarmup, triplet_ranking_loss
-from xmr.features.text import BERT_DIM
 from xmr.models.base import Inputs, Preset, RetrievalModel, Reps, register
 from xmr.models.image_tail import ImageTail
 from xmr.models.text_encoders import GRUEncoder

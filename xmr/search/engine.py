@@ -3,8 +3,9 @@
 The first stage asks faiss for the top ``shortlist`` items by the model's metric on ``model.embed``
 vectors (inner product; Euclidean for CMMN, reported as the negative squared distance), or with
 ``binary=True`` by Hamming distance on hash codes (reported as the negative bit count); a
-pairwise model (MMCA, JGCAR, ACMM) then re-scores them with ``indexed_pair_similarity`` on the
-query's and candidates' parts (``xmr.eval.two_step`` does the same for evaluation). Queries are
+pairwise model (MMCA, JGCAR, ACMM) then re-scores them on the query's and candidates' parts with
+evaluation's retriever (``xmr.eval.two_step.rerank``), so search and ``xmr eval --two-step`` rank
+alike. Queries are
 validated here, so the CLI and the HTTP API give the same clear errors.
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from xmr.eval.two_step import rerank
 from xmr.search.index import SearchError, file_hash, read_meta
 
 MAX_QUERY_CHARS = 300
@@ -61,7 +63,7 @@ class Searcher:
     def __init__(self, path: str | Path, shortlist: int = 100, check_checkpoint: bool = True):
         import faiss
 
-        from xmr.train import load_trained
+        from xmr.runs import open_run
 
         self.path = Path(path)
         self.meta = read_meta(self.path)
@@ -71,7 +73,8 @@ class Searcher:
         if check_checkpoint and file_hash(run / "best.safetensors") != self.meta["checkpoint_sha256"]:
             raise SearchError(f"{self.path}: built with checkpoint {self.meta['checkpoint_sha256']} of {run}, "
                               "which has changed since; rebuild the index")
-        self.model, self.vocab, self.run_meta = load_trained(run)
+        trained = open_run(run)
+        self.model, self.vocab, self.run_meta = trained.model, trained.vocab, trained.meta
         if self.run_meta["model"] != self.meta["model"]:
             raise SearchError(f"{self.path}: index is for model {self.meta['model']!r}, run holds "
                               f"{self.run_meta['model']!r}")
@@ -181,14 +184,9 @@ class Searcher:
         first, idx = first[0][keep], idx[0][keep]
         scores = first
         if self.model.pairwise and len(idx):  # re-rank the shortlist with the pair score
-            query, cands = torch.zeros(len(idx), dtype=torch.long), torch.arange(len(idx))
-            if side == "images":
-                scores = self.model.indexed_pair_similarity(self.model.encode_images(candidate_batch(idx)),
-                                                            query_reps, cands, query)
-            else:
-                scores = self.model.indexed_pair_similarity(query_reps, self.model.encode_texts(candidate_batch(idx)),
-                                                            query, cands)
-            scores = scores.numpy()
+            encode = self.model.encode_images if side == "images" else self.model.encode_texts
+            scores = rerank(self.model, query_reps, encode(candidate_batch(idx)), torch.zeros(1, dtype=torch.long),
+                            torch.arange(len(idx))[None], query_is_image=(side == "captions"))[0].numpy()
         order = np.argsort(-scores, kind="stable")[:k]
         hits = []
         for rank, o in enumerate(order, 1):

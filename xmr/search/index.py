@@ -28,10 +28,13 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from tqdm import tqdm
+
+if TYPE_CHECKING:
+    from xmr.runs import TrainedRun
 
 FORMAT_VERSION = 1
 EXACT_LIMIT = 50_000  # auto: exact search below this many vectors
@@ -108,17 +111,16 @@ class Collection:
         return f"{self.source} [{self.split}]" if self.kind == "split" else self.source
 
 
-def collect(collection: Collection, model, vocab, meta: dict, work: Path, cache: Path, progress: bool,
+def collect(collection: Collection, trained: TrainedRun, work: Path, cache: Path, progress: bool,
             on_bad_input: str = "fail"):
     """The collection as PairData (features and text inputs the model reads)."""
     from xmr.data.base import DataError, Split
     from xmr.data.pairs import PairData
     from xmr.data.text import read_caption_line
-    from xmr.features.store import pair_data
 
+    model, vocab, meta = trained.model, trained.vocab, trained.meta
     if collection.kind == "split":
-        return pair_data(collection.source, collection.split, model.inputs, vocab, meta["max_len"],
-                         meta["extractor"], cache, progress, on_bad_input)
+        return trained.data(collection.split, collection.source, cache, progress, on_bad_input)
     if collection.kind == "images":
         folder = Path(collection.source)
         if not folder.is_dir():
@@ -174,13 +176,12 @@ def collect(collection: Collection, model, vocab, meta: dict, work: Path, cache:
 
 @torch.no_grad()
 def embed_all(model, data, side: str, batch_size: int = 256, progress: bool = False) -> np.ndarray:
-    """First-stage vectors of every image (``side="images"``) or caption, float32 (n, d)."""
-    n = data.n_images if side == "images" else data.n_captions
+    """First-stage vectors of every image (``side="images"``) or caption, float32 (n, d); a batch's
+    parts are dropped once embedded, so memory holds only the vectors."""
+    from xmr.eval.evaluate import encoded_batches
+
     out = []
-    for s in tqdm(range(0, n, batch_size), desc=f"embed {side}", disable=not progress):
-        idx = np.arange(s, min(n, s + batch_size))
-        reps = model.encode_images(data.image_batch(idx)) if side == "images" else \
-            model.encode_texts(data.text_batch(idx))
+    for reps in encoded_batches(model, data, side, batch_size, progress):
         vec = model.embed(reps)
         if vec is None:
             raise SearchError(f"model {model.name!r} has no embedding to index")
@@ -193,10 +194,11 @@ def build_index(run: str | Path, collection: Collection, out: str | Path, kind: 
     """Encode ``collection`` with the trained model in ``run`` and publish the index at ``out``."""
     import faiss
 
-    from xmr.train import load_trained
+    from xmr.runs import open_run
 
     run, out = Path(run).resolve(), Path(out)
-    model, vocab, meta = load_trained(run)
+    trained = open_run(run)
+    model, meta = trained.model, trained.meta
     versions = out.parent / f"{out.name}.versions"
     versions.mkdir(parents=True, exist_ok=True)
     if out.exists() and not out.is_symlink():
@@ -206,7 +208,7 @@ def build_index(run: str | Path, collection: Collection, out: str | Path, kind: 
     work.mkdir()
     try:
         t0 = time.perf_counter()
-        data = collect(collection, model, vocab, meta, work, cache, progress, on_bad_input)
+        data = collect(collection, trained, work, cache, progress, on_bad_input)
         sides = {}
         if collection.kind != "sentences":
             sides["images"] = embed_all(model, data, "images", progress=progress)

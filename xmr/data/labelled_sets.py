@@ -15,7 +15,6 @@ features (``xmr.features.labelled``).
 """
 from __future__ import annotations
 
-import json
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from xmr.data.base import SPLITS, DataError
+from xmr.options import key_values
 
 # Split names a Modality may carry; the readers always give "train", "dev" and "test" (maybe empty).
 # Per-row integer split codes in an .npz index this tuple.
@@ -602,15 +602,8 @@ def open_labelled(data: str, seed: int = 0) -> LabelledSet:
     ``seed`` unless an option gives one) or a ``.npz`` / ``.mat`` file."""
     name, *options = data.split(",")
     if name == "synthetic-scenes":
-        kwargs = {"seed": seed}
-        for option in options:
-            key, eq, value = option.partition("=")
-            if not eq:
-                raise ValueError(f"labelled data {data!r}: option {option!r} is not KEY=VALUE")
-            try:
-                kwargs[key] = json.loads(value)
-            except json.JSONDecodeError:
-                kwargs[key] = value
+        kwargs = {"seed": seed, **key_values(
+            options, lambda option: ValueError(f"labelled data {data!r}: option {option!r} is not KEY=VALUE"))}
         try:
             return synthetic_scenes(**kwargs)
         except TypeError as e:
