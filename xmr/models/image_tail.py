@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from xmr.backbones import BACKBONES, efficientnet
-from xmr.data.images import IMAGENET_MEAN, IMAGENET_STD
+from xmr.interface import IMAGENET_MEAN, IMAGENET_STD
 
 
 class ImageTail(nn.Module):
