@@ -26,7 +26,11 @@ def main() -> None:
         grads = {f"grad/{k}": p.grad.numpy() for k, p in model.named_parameters() if p.grad is not None}
         np.savez(out, loss=parts["loss"].detach().numpy(), **grads)
     distributed.barrier(ctx)
-    torch.distributed.destroy_process_group()
+    del engine, parts  # DDP's reducer holds the process group, which teardown must free
+    distributed.teardown(ctx)
+    # Gloo's worker threads must be gone before the interpreter shuts down (see teardown).
+    left = distributed.worker_threads()
+    assert not left, f"threads outlive the process group: {left}"
 
 
 if __name__ == "__main__":
