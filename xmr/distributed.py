@@ -108,16 +108,17 @@ def barrier(ctx: Context) -> None:
 def teardown(ctx: Context) -> None:
     """Leave the process group at the end of a run, after the caller has dropped its DDP wrapper.
 
-    Gloo runs collectives on its own worker threads, and a worker drops its reference to a finished
-    collective only after waking the waiting main thread. The last reference to a collective launched
-    in backward holds a Python object (the autograd context torch stashes in thread-local state), so
-    if the main thread has already reached interpreter shutdown, the worker's decref takes the GIL,
-    CPython ends the thread with pthread_exit, and the unwind through a noexcept destructor aborts
-    the process ("terminate called without an active exception", SIGABRT; more likely under CPU
-    load). destroy_process_group alone does not stop those threads; only freeing the group joins
-    them. So: destroy it, collect the released DDP wrapper (its reducer holds the group), and drop
-    the last reference here, from Python (whose binding releases the GIL while the group's
-    destructor joins its threads), while the interpreter is fully alive."""
+    Gloo runs collectives on its own worker threads, and a worker destroys a finished collective
+    only after waking the main thread waiting on it. The final barrier's work takes with it the
+    gradient all-reduces DDP launched in backward, whose captured thread-local state holds a Python
+    object (the autograd context torch stashes there during backward). If the main thread has
+    meanwhile reached interpreter shutdown, that decref takes the GIL, CPython ends the thread with
+    pthread_exit, and the unwind through a noexcept destructor aborts the process ("terminate
+    called without an active exception", SIGABRT; more likely under CPU load). destroy_process_group
+    does not stop gloo's threads; only freeing the group joins them. So: destroy it, collect the
+    released DDP wrapper (its reducer holds the group) and drop the last reference here, from Python
+    (whose binding releases the GIL while the group's destructor joins its threads), while the
+    interpreter is fully alive."""
     if not ctx.active or not dist.is_initialized():
         return
     group = dist.group.WORLD
