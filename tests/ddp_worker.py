@@ -1,5 +1,6 @@
 """One rank of tests/test_distributed.py (run by torchrun): the loss and gradients of one global
-batch through xmr.train.batch_loss, saved by rank 0."""
+batch through xmr.train.batch_loss, saved by rank 0; then every rank leaves the process group through
+xmr.distributed.teardown and checks that no gloo thread is left to race interpreter shutdown."""
 from __future__ import annotations
 
 import sys
