@@ -1,5 +1,6 @@
 """One rank of tests/test_distributed.py (run by torchrun): the loss and gradients of one global
-batch through xmr.train.batch_loss, saved by rank 0."""
+batch through xmr.train.batch_loss, saved by rank 0; then every rank leaves the process group through
+xmr.distributed.teardown and checks that no gloo thread is left to race interpreter shutdown."""
 from __future__ import annotations
 
 import sys
@@ -26,7 +27,11 @@ def main() -> None:
         grads = {f"grad/{k}": p.grad.numpy() for k, p in model.named_parameters() if p.grad is not None}
         np.savez(out, loss=parts["loss"].detach().numpy(), **grads)
     distributed.barrier(ctx)
-    torch.distributed.destroy_process_group()
+    del engine, parts  # DDP's reducer holds the process group, which teardown must free
+    distributed.teardown(ctx)
+    # Gloo's worker threads must be gone before the interpreter shuts down (see teardown).
+    left = distributed.worker_threads()
+    assert not left, f"threads outlive the process group: {left}"
 
 
 if __name__ == "__main__":

@@ -15,12 +15,18 @@ only in their encoders. Validation and checkpoints run on rank 0; the other rank
 """
 from __future__ import annotations
 
+import gc
 import os
 import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+# Imported here, before any process group exists: its functions take ``group=group.WORLD`` as a
+# default argument, evaluated at import, so importing it after init_process_group would pin the
+# default group in those defaults for the life of the interpreter and ``teardown`` could never
+# free it.
+import torch.distributed.nn.functional as dist_nn
 
 from xmr.interface import Reps
 
@@ -68,15 +74,13 @@ def _pad_to(t: torch.Tensor, shape: list[int]) -> torch.Tensor:
 
 def gather(t: torch.Tensor) -> torch.Tensor:
     """Concatenate every rank's ``t`` along dim 0, keeping gradients for floating tensors."""
-    from torch.distributed.nn.functional import all_gather
-
     shape = torch.tensor(t.shape, dtype=torch.long)
     dist.all_reduce(shape, op=dist.ReduceOp.MAX)
     t = _pad_to(t, shape.tolist())
     if t.is_floating_point():
         with warnings.catch_warnings():  # its suggested successor has no autograd on gloo yet
             warnings.simplefilter("ignore", FutureWarning)
-            return torch.cat(all_gather(t.contiguous()))
+            return torch.cat(dist_nn.all_gather(t.contiguous()))
     carrier = t.to(torch.uint8) if t.dtype == torch.bool else t  # gloo has no bool collectives
     parts = [torch.empty_like(carrier) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, carrier.contiguous())
@@ -99,3 +103,40 @@ def stop_flag(stop: bool, ctx: Context) -> bool:
 def barrier(ctx: Context) -> None:
     if ctx.active:
         dist.barrier()
+
+
+def teardown(ctx: Context) -> None:
+    """Leave the process group at the end of a run, after the caller has dropped its DDP wrapper.
+
+    Gloo runs collectives on its own worker threads, and a worker destroys a finished collective
+    only after waking the main thread waiting on it. The final barrier's work takes with it the
+    gradient all-reduces DDP launched in backward, whose captured thread-local state holds a Python
+    object (the autograd context torch stashes there during backward). If the main thread has
+    meanwhile reached interpreter shutdown, that decref takes the GIL, CPython ends the thread with
+    pthread_exit, and the unwind through a noexcept destructor aborts the process ("terminate
+    called without an active exception", SIGABRT; more likely under CPU load). destroy_process_group
+    does not stop gloo's threads; only freeing the group joins them. So: destroy it, collect the
+    released DDP wrapper (its reducer holds the group) and drop the last reference here, from Python
+    (whose binding releases the GIL while the group's destructor joins its threads), while the
+    interpreter is fully alive."""
+    if not ctx.active or not dist.is_initialized():
+        return
+    group = dist.group.WORLD
+    dist.destroy_process_group()
+    gc.collect()
+    del group  # the last reference: ~ProcessGroupGloo joins the worker threads
+
+
+def worker_threads() -> list[str]:
+    """Names of this process's gloo threads still running (Linux; empty elsewhere)."""
+    tasks = "/proc/self/task"
+    if not os.path.isdir(tasks):
+        return []
+    names = []
+    for tid in os.listdir(tasks):
+        try:
+            with open(f"{tasks}/{tid}/comm") as f:
+                names.append(f.read().strip())
+        except OSError:  # the thread ended meanwhile
+            pass
+    return [n for n in names if "gloo" in n]

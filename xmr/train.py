@@ -382,7 +382,7 @@ def train_epoch(model: RetrievalModel, stage: Stage, batches, optimizers: list[t
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
     """Train the model's stages in turn, validating on dev each epoch of a validated stage;
     returns the best dev result. Under torchrun, ranks train pair models data-parallel and rank 0
-    validates and writes the run folder."""
+    validates and writes the run folder, and every rank leaves the process group at the end."""
     ctx = distributed.setup()
     cfg, resuming = run_folder(cfg, resume, ctx)
     out = Path(cfg.out)
@@ -444,6 +444,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     report = task.report(best)
     if ctx.main and report:
         print(f"best dev epoch {best.get('epoch', -1) + 1}:\n{report}", flush=True)
+    # Free the process group (and join gloo's threads) before the interpreter exits; a gloo thread
+    # still finishing the last collective at shutdown aborts the process (distributed.teardown).
+    del engine
+    distributed.teardown(ctx)
     return best
 
 
