@@ -40,6 +40,14 @@ def truncate(path, keep=0.5):
     path.write_bytes(b[: int(len(b) * keep)])
 
 
+def _csv_case(content: bytes):
+    def setup(good, tmp):
+        (tmp / "csv").mkdir()
+        (tmp / "csv" / "train.csv").write_bytes(content)
+        return ["data", f"csv:{tmp / 'csv'}", "--splits", "train", "--no-images"]
+    return setup
+
+
 # Each case: (id, setup(good, tmp) -> argv, pattern the one line must contain).
 def _data_case(mutate, split="train", cmd="data"):
     def setup(good, tmp):
@@ -181,6 +189,10 @@ CASES = [
     ("index-items-garbage", _index_case(lambda ix: (ix / "items.json").write_text("{")), r"items\.json: unreadable"),
     ("index-not-an-index", lambda g, t: ["search", str(t), "a dog"], r"not an xmr index"),
     ("search-empty-query", lambda g, t: ["search", str(g / "index"), ""], r"empty query"),
+    # open_clip CSV (xmr/data/csv_reader.py)
+    ("csv-no-caption-column", _csv_case(b"filepath,text\na.jpg,x\n"), r"train\.csv:1: no 'caption' column"),
+    ("csv-field-count", _csv_case(b"filepath,caption\na.jpg,x,y\n"), r"train\.csv:2: 3 fields, the header has 2"),
+    ("csv-invalid-utf8", _csv_case(b"filepath,caption\na.jpg,caf\xe9\n"), r"train\.csv:2: invalid UTF-8"),
 ]
 
 

@@ -13,13 +13,15 @@ EXAMPLES = """examples:
   xmr train --model vsepp --preset cpu --data flickr8k --out runs/vsepp-f8k
   xmr eval runs/vsepp-f8k --split test --json results/vsepp-f8k-test.json
   xmr eval runs/mmca-f8k --two-step 20 100 --first-stage runs/vsepp-f8k   # shortlist, then re-rank
+  xmr eval-embeddings img.npy cap.npy --captions-per-image 5 --folds 5 --json coco1k.json   # any model's vectors
   xmr train --model cmmn --preset cpu --data synthetic-scenes --out runs/cmmn-scenes   # label-based, any modalities
   xmr eval runs/cmmn-scenes --json results/cmmn-scenes.json       # mAP, mAP@500, P@n, real and binary
   xmr index build runs/vsepp-f8k --data flickr8k --split test --out runs/f8k-index
   xmr search runs/f8k-index "a dog runs on the beach"      # or: --image photo.jpg
   xmr serve runs/f8k-index                                 # API + search page on 127.0.0.1:8000
 dataset specs: synthetic | flickr8k[:PATH] | karpathy:JSON[,images=DIR] |
-               coco:DIR_OR_captions_NAME.json[,images=DIR] | precomputed:DIR
+               coco:DIR_OR_captions_NAME.json[,images=DIR] | precomputed:DIR |
+               csv:DIR_OR_SPLIT.csv[,images=DIR,sep=tab|comma,img_key=filepath,caption_key=caption]
                (options after commas, e.g. synthetic,seed=1,n_train=500; any kind: captions_per_image=5)
                coco: DIR holds captions_{train,val}2017.json (or annotations/ under it); images=DIR is
                one image folder or one with train2017/ val2017/; dev and test are both the val file
@@ -248,6 +250,30 @@ def _check_width(meta: dict, data, args) -> None:
                         "the same extractor")
 
 
+def cmd_eval_embeddings(args) -> int:
+    """R@K of precomputed image and caption embeddings, with xmr's ranking and protocols."""
+    from xmr.eval.embeddings import (assignment_from_count, dedupe_repeated_images, evaluate_embeddings,
+                                     load_assignment, load_vectors)
+    from xmr.eval.evaluate import format_table
+
+    if (args.caption_image is None) == (args.captions_per_image is None):
+        raise SystemExit("xmr eval-embeddings: give exactly one of --caption-image FILE, --captions-per-image N")
+    images, captions = load_vectors(args.images, "image"), load_vectors(args.captions, "caption")
+    if args.caption_image:
+        caption_image = load_assignment(args.caption_image, len(captions), len(images))
+    else:
+        images = dedupe_repeated_images(images, len(captions), args.captions_per_image, args.images)
+        caption_image = assignment_from_count(len(images), len(captions), args.captions_per_image)
+    result = evaluate_embeddings(images, captions, caption_image, args.score, args.folds)
+    print(format_table(result))
+    if args.json:
+        result = {"task": "zeroshot_retrieval", "dataset": args.dataset, "model": args.model,
+                  "images": str(args.images), "captions": str(args.captions), "folds": args.folds, **result}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    return 0
+
+
 def cmd_index(args) -> int:
     from xmr.search.index import Collection, build_index, describe
 
@@ -364,6 +390,21 @@ def _eval_options(e: argparse.ArgumentParser) -> None:
                         "content word seen <= K times in training; sizes and recalls (xmr.eval.kshot)")
 
 
+def _eval_embeddings_options(ee: argparse.ArgumentParser) -> None:
+    ee.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ee.add_argument("images", help="image embeddings, .npy (N_images, D)")
+    ee.add_argument("captions", help="caption embeddings, .npy (N_captions, D)")
+    ee.add_argument("--caption-image", metavar="FILE", help="each caption's image index (0-based): .npy of "
+                    "integers or a text file with one per line")
+    ee.add_argument("--captions-per-image", type=int, metavar="N", help="caption j belongs to image j // N")
+    ee.add_argument("--score", default="ip", choices=["ip", "cosine", "l2"],
+                    help="inner product (default), cosine, or negative squared Euclidean distance")
+    ee.add_argument("--folds", type=int, default=1, help="5 for COCO 1K (mean over five 1K folds); 1 for 5K")
+    ee.add_argument("--dataset", help="a name recorded in the JSON (CLIP_benchmark's 'dataset')")
+    ee.add_argument("--model", help="a name recorded in the JSON (CLIP_benchmark's 'model')")
+    ee.add_argument("--json", help="write the full result (every query's rank, CLIP_benchmark's keys) here")
+
+
 def _index_options(ix: argparse.ArgumentParser) -> None:
     ix.add_argument("action", choices=["build", "info"])
     ix.add_argument("target", help="build: the trained run folder; info: the index")
@@ -407,6 +448,9 @@ COMMANDS = {
     "eval": ("Evaluate a trained run: R@1/5/10, medr, meanr, rsum, mR; for a label model (CMMN) mAP, "
              "mAP@N and P@n over every query -> target modality pair, real-valued and binary.", cmd_eval,
              _eval_options, True),
+    "eval-embeddings": ("Evaluate any model's embeddings (.npy files) with xmr's protocol: R@1/5/10, medr, "
+                        "meanr, rsum, mR (COCO 1K: --folds 5); the JSON also has CLIP_benchmark's keys.",
+                        cmd_eval_embeddings, _eval_embeddings_options, False),
     "index": ("Build a search index over a collection with a trained model, or describe one.", cmd_index,
               _index_options, True),
     "search": ("Search an index: images for a sentence, or sentences for --image.", cmd_search, _search_options,

@@ -9,7 +9,9 @@ A dataset spec is ``kind[:path][,key=value...]``:
   (or ``annotations/`` under it) or one ``captions_<name>.json`` file; ``images=DIR`` is one folder
   of images or a folder with ``train2017/``, ``val2017/``, ... (default: beside ``annotations/``);
   ``dev`` and ``test`` are both COCO's val file (a warning says so; see ``xmr/data/coco.py``);
-- ``precomputed:data/f30k_precomp`` - VSE++/SCAN ``{split}_ims.npy`` + ``{split}_caps.txt``.
+- ``precomputed:data/f30k_precomp`` - VSE++/SCAN ``{split}_ims.npy`` + ``{split}_caps.txt``;
+- ``csv:DIR[,images=DIR,sep=tab|comma,img_key=filepath,caption_key=caption]`` - open_clip's CSV,
+  one row per caption, ``DIR/{train,dev,test}.csv`` (or one of those files; ``xmr/data/csv_reader.py``).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from pathlib import Path
 
 from xmr.data.base import CAPTIONS_PER_IMAGE, SPLITS, DataError, Split
 from xmr.data.coco import read_coco
+from xmr.data.csv_reader import read_csv
 from xmr.data.flickr8k import read_flickr8k
 from xmr.data.karpathy import read_karpathy
 from xmr.data.precomputed import read_precomputed
@@ -26,7 +29,7 @@ from xmr.options import key_values
 
 __all__ = ["DataError", "DatasetSpec", "Split", "SPLITS", "open_split"]
 
-KINDS = ("synthetic", "flickr8k", "karpathy", "coco", "precomputed")
+KINDS = ("synthetic", "flickr8k", "karpathy", "coco", "precomputed", "csv")
 # The checkout sits beside shared/ (as in CI); override with flickr8k:PATH.
 DEFAULT_FLICKR8K = str(Path(__file__).resolve().parents[3] / "shared" / "datasets" / "flickr8k")
 
@@ -47,7 +50,7 @@ class DatasetSpec:
                              typed=False)
         if kind == "flickr8k" and not path:
             path = DEFAULT_FLICKR8K
-        if kind in ("karpathy", "coco", "precomputed") and not path:
+        if kind in ("karpathy", "coco", "precomputed", "csv") and not path:
             raise DataError(f"dataset {kind!r} needs a path: {kind}:PATH")
         check_options(kind, options, spec)
         return cls(kind, path or None, options)
@@ -70,7 +73,7 @@ class DatasetSpec:
 
 
 OPTIONS = {"synthetic": ("seed", "n_<split>"), "flickr8k": (), "karpathy": ("images",), "coco": ("images",),
-           "precomputed": ()}
+           "precomputed": (), "csv": ("images", "sep", "img_key", "caption_key")}
 INT_OPTIONS = ("captions_per_image", "seed")
 
 
@@ -105,4 +108,7 @@ def open_split(spec: str | DatasetSpec, split: str) -> Split:
         return read_karpathy(s.path, split, s.options.get("images"), k)
     if s.kind == "coco":
         return read_coco(s.path, split, s.options.get("images"), k)
+    if s.kind == "csv":
+        return read_csv(s.path, split, s.options.get("images"), k, s.options.get("sep"),
+                        s.options.get("img_key", "filepath"), s.options.get("caption_key", "caption"))
     return read_precomputed(s.path, split, k)
