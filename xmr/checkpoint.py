@@ -105,29 +105,9 @@ def read_tensors(stem: Path) -> dict:
     return tensors
 
 
-def init_weights(stem: str | Path, model: torch.nn.Module) -> list[str]:
-    """Start ``model`` from another run's weights: every tensor of the checkpoint must fit, and
-    the model's tensors it lacks (a part the earlier run did not have, e.g. a fine-tuned CNN
-    tail) keep their initial values; returns those keys."""
-    stem = Path(stem)
-    meta = read_meta(stem)
-    if meta.get("model") != getattr(model, "name", None):
-        raise CheckpointError(f"{stem}: checkpoint is for model {meta.get('model')!r}, not {model.name!r}")
-    tensors = read_tensors(stem)
-    state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as e:
-        raise CheckpointError(f"{stem}: weights do not fit this model ({str(e).splitlines()[-1].strip()})") from e
-    if unexpected:
-        raise CheckpointError(f"{stem}: weights this model does not have: {unexpected[:3]}")
-    return list(missing)
-
-
-def load(stem: str | Path, model: torch.nn.Module,
-         optimizers: list[torch.optim.Optimizer] | None = None) -> dict:
-    """Load tensors into ``model`` (and ``optimizers``, restoring the RNG); returns the metadata."""
-    stem = Path(stem)
+def _load_model_tensors(stem: Path, model: torch.nn.Module) -> tuple[dict, dict, list[str], list[str]]:
+    """(metadata, all tensors, missing keys, unexpected keys) after loading the checkpoint's model
+    tensors into ``model`` non-strictly; a checkpoint of another model or of other shapes is refused."""
     meta = read_meta(stem)
     if meta.get("model") != getattr(model, "name", None):
         raise CheckpointError(f"{stem}: checkpoint is for model {meta.get('model')!r}, not {model.name!r}")
@@ -137,6 +117,25 @@ def load(stem: str | Path, model: torch.nn.Module,
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as e:  # shape mismatches
         raise CheckpointError(f"{stem}: weights do not fit this model ({str(e).splitlines()[-1].strip()})") from e
+    return meta, tensors, list(missing), list(unexpected)
+
+
+def init_weights(stem: str | Path, model: torch.nn.Module) -> list[str]:
+    """Start ``model`` from another run's weights: every tensor of the checkpoint must fit, and
+    the model's tensors it lacks (a part the earlier run did not have, e.g. a fine-tuned CNN
+    tail) keep their initial values; returns those keys."""
+    stem = Path(stem)
+    _, _, missing, unexpected = _load_model_tensors(stem, model)
+    if unexpected:
+        raise CheckpointError(f"{stem}: weights this model does not have: {unexpected[:3]}")
+    return missing
+
+
+def load(stem: str | Path, model: torch.nn.Module,
+         optimizers: list[torch.optim.Optimizer] | None = None) -> dict:
+    """Load tensors into ``model`` (and ``optimizers``, restoring the RNG); returns the metadata."""
+    stem = Path(stem)
+    meta, tensors, missing, unexpected = _load_model_tensors(stem, model)
     if missing or unexpected:
         raise CheckpointError(f"{stem}: weights do not fit this model (missing {missing[:3]}, "
                               f"unexpected {unexpected[:3]})")
