@@ -7,17 +7,12 @@ pairwise model (MMCA, JGCAR, ACMM) then re-scores them on the query's and candid
 evaluation's retriever (``xmr.eval.two_step.rerank``), so search and ``xmr eval --two-step`` rank
 alike. Queries are
 validated here, so the CLI and the HTTP API give the same clear errors.
-
-Each hit also carries ``z``, how many standard deviations its first-stage score lies above the
-query's scores against a stored sample of the collection, and ``match`` (``strong`` / ``weak`` /
-``none``), that z against what the best of the collection's unrelated items reaches by chance
-(``xmr.search.signal``); an index built before the sample was stored gives neither.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from functools import cached_property, lru_cache
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +20,6 @@ import torch
 
 from xmr.eval.two_step import rerank
 from xmr.search.index import SearchError, file_hash, read_meta
-from xmr.search.signal import sample_scores, verdict, z_scores
 
 MAX_QUERY_CHARS = 300
 MAX_K = 100
@@ -40,8 +34,6 @@ class Hit:
     caption: str | None = None
     caption_index: int | None = None
     first_stage_score: float | None = None
-    z: float | None = None  # the first-stage score in standard deviations above the query's typical score
-    match: str | None = None  # "strong" | "weak" | "none" (xmr.search.signal)
 
     def as_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if v is not None}
@@ -90,8 +82,6 @@ class Searcher:
         self.indexes = {side: _read_faiss(faiss.read_index, self.path / f"{side}.faiss") for side in self.meta["counts"]}
         self.binary_indexes = {side: _read_faiss(faiss.read_index_binary, self.path / f"{side}.bin.faiss")
                                for side in self.meta["counts"] if (self.path / f"{side}.bin.faiss").is_file()}
-        self.samples = {side: np.load(self.path / f"sample_{side}.npy") for side in self.meta["counts"]
-                        if (self.path / f"sample_{side}.npy").is_file()}
         self.shortlist = shortlist
         self.image_of = {image_id: i for i, image_id in enumerate(self.items["image_ids"])}
 
@@ -183,8 +173,8 @@ class Searcher:
         if binary:
             if side not in self.binary_indexes:
                 raise SearchError(f"this index has no hash codes (model {self.meta['model']!r}); search without binary")
-            bits = self.model.hash_codes(emb).numpy().astype(np.uint8)
-            first, idx = self.binary_indexes[side].search(np.packbits(bits, axis=1), depth)
+            code = np.packbits(self.model.hash_codes(emb).numpy().astype(np.uint8), axis=1)
+            first, idx = self.binary_indexes[side].search(code, depth)
             first = -first.astype(np.float32)
         else:
             first, idx = self.indexes[side].search(np.ascontiguousarray(emb.numpy(), dtype=np.float32), depth)
@@ -192,7 +182,6 @@ class Searcher:
                 first = -first
         keep = idx[0] >= 0
         first, idx = first[0][keep], idx[0][keep]
-        z = self._z(side, emb, bits[0] if binary else None, first)
         scores = first
         if self.model.pairwise and len(idx):  # re-rank the shortlist with the pair score
             encode = self.model.encode_images if side == "images" else self.model.encode_texts
@@ -202,8 +191,6 @@ class Searcher:
         hits = []
         for rank, o in enumerate(order, 1):
             hit = Hit(rank, float(scores[o]), first_stage_score=float(first[o]) if self.model.pairwise else None)
-            if z is not None:
-                hit.z, hit.match = float(z[o]), verdict(float(z[o]), self.indexes[side].ntotal)
             if side == "images":
                 hit.image_index, hit.image_id = int(idx[o]), self.items["image_ids"][idx[o]]
             else:
@@ -213,19 +200,6 @@ class Searcher:
                     hit.image_index, hit.image_id = owner, self.items["image_ids"][owner]
             hits.append(hit)
         return hits
-
-    def _z(self, side: str, emb: torch.Tensor, bits: np.ndarray | None, first: np.ndarray) -> np.ndarray | None:
-        """The first-stage scores ``first`` as z-scores against the query's scores over the stored sample."""
-        if side not in self.samples:
-            return None
-        sample = self.samples[side]
-        if bits is not None:  # Hamming search: the sample's hash codes against the query's
-            return z_scores(first, sample_scores(self._sample_codes(side), bits, "hamming"))
-        return z_scores(first, sample_scores(sample, emb[0].numpy(), self.meta.get("metric", "ip")))
-
-    @lru_cache(maxsize=2)
-    def _sample_codes(self, side: str) -> np.ndarray:
-        return self.model.hash_codes(torch.from_numpy(self.samples[side])).numpy().astype(np.uint8)
 
     def search_text(self, query: str, k: int = 10, binary: bool = False) -> list[Hit]:
         """Images for a sentence (``binary``: by Hamming distance of hash codes)."""

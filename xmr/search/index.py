@@ -13,10 +13,7 @@ sentences (one per line). The index folder holds:
   faiss binary index (exact Hamming search);
 - ``items.json``: image ids, image paths, captions, which image each caption belongs to;
 - ``image_features.npy`` and (pairwise models) ``text_<name>.npy``: the model's raw inputs, so a
-  pairwise model can re-rank the first stage's candidates and an indexed image can be a query;
-- ``sample_images.npy`` / ``sample_captions.npy``: a fixed random sample of the first-stage vectors
-  (at most 4,096), which a query is scored against to say how far each hit stands out
-  (``xmr.search.signal``).
+  pairwise model can re-rank the first stage's candidates and an indexed image can be a query.
 
 Publishing is atomic: the index path is a symlink to a complete version folder, swapped with one
 ``os.replace``; a crash while building leaves the previous version in place and usable.
@@ -38,8 +35,6 @@ import torch
 
 if TYPE_CHECKING:
     from xmr.runs import TrainedRun
-
-from xmr.search.signal import sample_rows
 
 FORMAT_VERSION = 1
 EXACT_LIMIT = 50_000  # auto: exact search below this many vectors
@@ -223,7 +218,6 @@ def build_index(run: str | Path, collection: Collection, out: str | Path, kind: 
         for side, vectors in sides.items():
             kinds[side] = choose_kind(len(vectors), kind)
             faiss.write_index(make_faiss(vectors, kinds[side], metric=model.metric), str(work / f"{side}.faiss"))
-            np.save(work / f"sample_{side}.npy", vectors[sample_rows(len(vectors))])
             codes = model.hash_codes(torch.from_numpy(vectors))
             if codes is not None:
                 bits = int(codes.shape[1])

@@ -4,9 +4,7 @@ Endpoints (all answers JSON unless noted; errors are 4xx with ``{"detail": messa
 
 - ``GET  /api/health``                       model, collection and counts
 - ``GET  /api/search?q=...&k=10``             images for a sentence (k in 1..100, q <= 300 chars;
-                                              ``binary=true``: Hamming search on hash codes, CMMN);
-                                              each hit has ``z`` and ``match``, the answer ``match``
-                                              (does anything stand out? docs/search.md)
+                                              ``binary=true``: Hamming search on hash codes, CMMN)
 - ``POST /api/search/image`` (form: file, k, binary)  sentences for an uploaded image (JPEG/PNG/WebP/GIF/BMP,
                                               at most 10 MB and 64 megapixels)
 - ``GET  /api/items/{image_id}?k=5``          an image's own captions and the index's best sentences
@@ -22,13 +20,11 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Literal
 
 from fastapi import FastAPI, File, Form, HTTPException, Query, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, Response
 from PIL import Image, UnidentifiedImageError
-from pydantic import BaseModel, Field
 
 from xmr.data.base import DataError
 from xmr.data.images import MAX_PIXELS
@@ -46,38 +42,6 @@ def _errors(*codes: int) -> dict:
             422: "request does not match the schema", 500: "never (a bug)"}
     return {c: {"description": what[c], "content": {"application/json": {"schema": {
         "type": "object", "properties": {"detail": {}}, "required": ["detail"]}}}} for c in codes}
-
-
-Match = Literal["strong", "weak", "none"]
-
-
-class HitOut(BaseModel):
-    """One search result: an image (text search) or a sentence (image search) with its scores."""
-
-    rank: int = Field(description="1 = best")
-    score: float = Field(description="the model's score (a pairwise model's re-ranked score)")
-    image_id: str | None = None
-    image_index: int | None = None
-    caption: str | None = None
-    caption_index: int | None = None
-    first_stage_score: float | None = Field(None, description="pairwise models: the embedding score "
-                                            "the shortlist came from")
-    z: float | None = Field(None, description="the first-stage score in standard deviations above this "
-                            "query's scores against a sample of the collection")
-    match: Match | None = Field(None, description="strong: z is over 1 beyond what the best of the "
-                                "collection's unrelated items reaches by chance; weak: beyond chance; "
-                                "none: it does not stand out (nothing in the collection may match)")
-
-
-class SearchOut(BaseModel):
-    """Ranked results; ``match`` is the best hit's (``none``: nothing stands out)."""
-
-    query: str | None = Field(None, description="the sentence (text search)")
-    k: int
-    binary: bool
-    match: Match | None = Field(None, description="the top result's match (absent for an index built "
-                                "before xmr stored its score sample)")
-    results: list[HitOut]
 
 
 def decode_upload(data: bytes, filename: str):
@@ -115,18 +79,15 @@ def create_app(searcher: Searcher) -> FastAPI:
                 "metric": m.get("metric", "ip"), "binary_bits": m.get("binary_bits"),
                 "limits": {"k": [1, MAX_K], "query_chars": MAX_QUERY_CHARS, "upload_bytes": MAX_UPLOAD_BYTES}}
 
-    @app.get("/api/search", response_model=SearchOut, response_model_exclude_none=True,
-             responses=_errors(400, 422))
+    @app.get("/api/search", responses=_errors(400, 422))
     def search(q: str = Query(..., description="the sentence", min_length=1, max_length=MAX_QUERY_CHARS,
                               pattern=r"\S"),
                k: int = Query(10, ge=1, le=MAX_K),
                binary: bool = Query(False, description="Hamming search on hash codes")) -> dict:
         hits = guard(searcher.search_text, q, k, binary)
-        return {"query": q, "k": k, "binary": binary, "match": hits[0].match if hits else None,
-                "results": [h.as_dict() for h in hits]}
+        return {"query": q, "k": k, "binary": binary, "results": [h.as_dict() for h in hits]}
 
-    @app.post("/api/search/image", response_model=SearchOut, response_model_exclude_none=True,
-              responses=_errors(400, 413, 415, 422))
+    @app.post("/api/search/image", responses=_errors(400, 413, 415, 422))
     async def search_image(file: UploadFile = File(...), k: int = Form(10, ge=1, le=MAX_K),
                            binary: bool = Form(False)) -> dict:
         data = await file.read(MAX_UPLOAD_BYTES + 1)
@@ -137,8 +98,7 @@ def create_app(searcher: Searcher) -> FastAPI:
         # Decoding and the CNN run in a worker thread: the event loop keeps answering other requests.
         image = await run_in_threadpool(decode_upload, data, file.filename or "upload")
         hits = await run_in_threadpool(guard, searcher.search_image, image, k, binary)
-        return {"k": k, "binary": binary, "match": hits[0].match if hits else None,
-                "results": [h.as_dict() for h in hits]}
+        return {"k": k, "binary": binary, "results": [h.as_dict() for h in hits]}
 
     @app.get("/api/items/{image_id:path}", responses=_errors(400, 404, 422))
     def item(image_id: str, k: int = Query(5, ge=1, le=MAX_K)) -> dict:
