@@ -4,7 +4,7 @@
 # Regenerates results/vsepp-flickr8k/ (dev-levers.json/.md, test.json with every query's rank,
 # curves, machine.json). Re-running resumes an unfinished run and reuses a finished one.
 #
-#   bash experiments/vsepp_flickr8k.sh              # features, all levers, test of the chosen one
+#   bash experiments/vsepp_flickr8k.sh              # features, the default levers, test of the chosen one
 #   LEVERS="bert ft1-crop" bash experiments/vsepp_flickr8k.sh   # a subset
 #
 # Levers (all read frozen MiniLM token states through a BiGRU, preset cpu-bert, 8 epochs with the
@@ -24,7 +24,7 @@ cd "$(dirname "$0")/.."
 XMR=.venv/bin/xmr
 RUNS=${RUNS:-runs/vsepp-f8k-levers}
 OUT=results/vsepp-flickr8k
-LEVERS=${LEVERS:-"bert ft1-crop"}
+LEVERS=${LEVERS:-"bert ft1-crop lite2"}
 mkdir -p "$OUT" "$RUNS"
 
 train() {  # name, preset, extractor, then any --set KEY=VALUE overrides
