@@ -111,7 +111,7 @@ class PairData:
 
     def set_augment(self, augment: str) -> None:
         """Augment training batches: crops and/or flips of cached activation maps (image input
-        ``trunk`` only), drawn from the epoch's ``rng``."""
+        ``trunk``) or of uint8 pixels (``pixels``), drawn from the epoch's ``rng``."""
         if augment not in AUGMENTS:
             raise ValueError(f"augment={augment!r}: use one of {', '.join(AUGMENTS)}")
         if augment != "none" and (self.features is None or self.features.ndim != 4):

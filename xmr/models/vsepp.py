@@ -48,10 +48,11 @@ PRESETS = {
     ),
     # The paper's best setting, FT + RC: the whole image CNN fine-tuned from pixels with random
     # crops and flips, started from a model trained on frozen features (--set init_from=RUN, as the
-    # paper fine-tunes its 1C model); EfficientNet-Lite2 stands in for ResNet-152. A GPU job.
+    # paper fine-tunes its 1C model). The CNN is the extractor's backbone (a data fact): run with
+    # --extractor efficientnet-lite2-260 for Lite2, the stand-in for ResNet-152. A GPU job.
     "paper-ft": Preset(
         model=dict(embed_dim=1024, word_dim=300, bidirectional=False, margin=0.2, warmup_epochs=0,
-                   image_input="pixels", backbone="efficientnet-lite2", resolution=260, tail_lr_scale=0.1),
+                   image_input="pixels", resolution=260, tail_lr_scale=0.1),
         train=dict(epochs=30, batch_size=128, lr=2e-4, lr_decay_epochs=[15], lr_decay=0.1,
                    grad_clip=2.0, optimizer="adam", augment="crop-flip"),
         note="Faghri et al. 2018, FT + RC (fine-tuned CNN, random crops)",
