@@ -103,6 +103,35 @@ def _index_case(mutate):
     return setup
 
 
+def _flickr_case(mutate, cmd="data"):
+    """A 3/2/1-image Flickr8k layout in ``tmp``, changed by ``mutate(root)``, read by ``cmd``."""
+    def setup(good, tmp):
+        from PIL import Image
+
+        root, names = tmp / "f8k", {"train": ["a.jpg", "b.jpg", "c.jpg"], "dev": ["d.jpg", "e.jpg"], "test": ["f.jpg"]}
+        (root / "Flickr8k_text").mkdir(parents=True)
+        (root / "Flicker8k_Dataset").mkdir()
+        lines = []
+        for i, n in enumerate(n for ns in names.values() for n in ns):
+            Image.new("RGB", (16, 16), (40 * i, 90, 150)).save(root / "Flicker8k_Dataset" / n)
+            lines += [f"{n}#{j}\t{n} caption {j}\n" for j in range(5)]
+        (root / "Flickr8k_text" / "Flickr8k.token.txt").write_text("".join(lines))
+        for split, ns in names.items():
+            (root / "Flickr8k_text" / f"Flickr_8k.{split}Images.txt").write_text("".join(n + "\n" for n in ns))
+        mutate(root)
+        if cmd == "data":
+            return ["data", f"flickr8k:{root}", "--splits", "train", "dev", "test"]
+        if cmd == "features":
+            return ["features", f"flickr8k:{root}", "--cache", str(tmp / "c"), "--quiet"]
+        return tiny_train_args(f"flickr8k:{root}", tmp / "r", tmp / "c")
+    return setup
+
+
+def _image_is_a_folder(root):
+    (root / "Flicker8k_Dataset" / "b.jpg").unlink()
+    (root / "Flicker8k_Dataset" / "b.jpg").mkdir()
+
+
 def _npy(split, arr):
     return lambda d: np.save(d / f"{split}_ims.npy", arr)
 
@@ -128,6 +157,11 @@ CASES = [
     ("ids-count", _data_case(lambda d: (d / "train_ids.txt").write_text("x\ny\n")), r"train_ids\.txt: 2 image ids for 12"),
     ("train-dev-overlap", _data_case(lambda d: (d / "dev_ids.txt").write_text("".join(f"train-{i}.jpg\n" for i in range(4))), cmd="train"),
      r"splits 'train' and 'dev' share 4 image"),
+    ("flickr8k-empty-split-list", _flickr_case(lambda r: (r / "Flickr8k_text" / "Flickr_8k.devImages.txt").write_text("\n")),
+     r"Flickr_8k\.devImages\.txt: lists no images"),
+    ("flickr8k-empty-split-train", _flickr_case(lambda r: (r / "Flickr8k_text" / "Flickr_8k.devImages.txt").write_text(""),
+                                                cmd="train"), r"Flickr_8k\.devImages\.txt: lists no images"),
+    ("image-is-a-folder", _flickr_case(_image_is_a_folder, cmd="features"), r"b\.jpg: is a folder, not an image file"),
     ("split-missing", _data_case(lambda d: (d / "dev_ims.npy").unlink(), split="dev"), r"dev_ims\.npy: feature file not found"),
     # dataset specs
     ("spec-unknown-kind", lambda g, t: ["data", "flickr30k:/x"], r"unknown dataset kind 'flickr30k'"),
@@ -247,10 +281,13 @@ def test_xmr_data_opens_the_images(make_flickr8k, capsys):
     root = make_flickr8k()
     (root / "Flicker8k_Dataset" / "1002_b.jpg").write_bytes(b"")
     (root / "Flicker8k_Dataset" / "1003_c.jpg").unlink()
-    assert main(["data", f"flickr8k:{root}", "--splits", "train"]) == 1
+    (root / "Flicker8k_Dataset" / "2001_d.jpg").unlink()
+    (root / "Flicker8k_Dataset" / "2001_d.jpg").mkdir()
+    assert main(["data", f"flickr8k:{root}", "--splits", "train", "dev"]) == 1
     err = capsys.readouterr().err
     assert "1002_b.jpg: cannot decode image" in err and "1003_c.jpg: image file not found" in err
-    assert "train: 2 of 3 images cannot be read" in err and "Traceback" not in err
+    assert "2001_d.jpg: is a folder, not an image file" in err
+    assert "train: 2 of 3 images cannot be read" in err and "dev: 1 of 2 images" in err and "Traceback" not in err
 
 
 def test_one_case_through_a_real_process(good, tmp_path):

@@ -112,6 +112,7 @@ def test_folder_and_sentence_collections(vsepp_index, tmp_path, feature_cache):
     for i in range(4):
         split.load_image(i).save(folder / ("sub" if i % 2 else "") / f"p{i}.png")
     (folder / "notes.txt").write_text("not an image")
+    (folder / "album.jpg").mkdir()  # a folder with an image's name is walked, not read as an image
     out = tmp_path / "photos-index"
     info = build_index(run, Collection("images", str(folder)), out, cache=feature_cache, progress=False)
     assert info["counts"] == {"images": 4}

@@ -98,7 +98,7 @@ def cmd_features(args) -> int:
     spec = DatasetSpec.parse(args.data)
     root = feature_root(spec, args.extractor, Path(args.cache))
     stats = [extract_split(open_split(spec, split), root, args.extractor, args.batch_size,
-                           on_bad_input=args.on_bad_input) for split in args.splits]
+                           progress=not args.quiet, on_bad_input=args.on_bad_input) for split in args.splits]
     for s in stats:
         print(json.dumps(s))
     print(f"features in {root}")
@@ -345,9 +345,11 @@ def _features_options(f: argparse.ArgumentParser) -> None:
     f.add_argument("data", help="dataset spec")
     f.add_argument("--splits", nargs="+", default=["train", "dev", "test"])
     f.add_argument("--extractor", default="efficientnet-lite0-224",
-                   help="efficientnet-lite0-224 (7x7 grid) or efficientnet-lite0-448 (14x14 grid)")
+                   help="efficientnet-lite0-224 (7x7 grid), efficientnet-lite0-448 (14x14 grid) or "
+                   "efficientnet-lite2-260 (9x9 grid); any backbone at 32 to 1024 pixels")
     f.add_argument("--batch-size", type=int, default=32)
     f.add_argument("--json", help="write throughput stats here")
+    f.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _train_options(t: argparse.ArgumentParser) -> None:

@@ -25,6 +25,9 @@ def read_flickr8k(root: str | Path, split: str, captions_per_image: int = CAPTIO
         for lineno, raw in enumerate(fh, 1):
             if raw.strip():
                 listed.append((lineno, read_caption_line(raw, split_file, lineno)[1]))
+    if not listed:
+        raise DataError(f"{split_file}: lists no images (expected one image file name per line, "
+                        "as in the official Flickr8k split lists)")
     pairs = []
     with open(token_file, "rb") as fh:
         for lineno, raw in enumerate(fh, 1):

@@ -18,6 +18,8 @@ def load_rgb(path: str | Path) -> Image.Image:
     Raises DataError naming the file for a missing, truncated, corrupt or huge image.
     """
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not an image file")
     if not path.is_file():
         raise DataError(f"{path}: image file not found")
     try:

@@ -125,7 +125,7 @@ def collect(collection: Collection, trained: TrainedRun, work: Path, cache: Path
         folder = Path(collection.source)
         if not folder.is_dir():
             raise SearchError(f"{folder}: not a folder of images")
-        paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         if not paths:
             raise SearchError(f"{folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         split = Split("images", [str(p.relative_to(folder)) for p in paths], [], 0, image_paths=paths)
