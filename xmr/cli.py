@@ -8,6 +8,7 @@ from pathlib import Path
 
 EXAMPLES = """examples:
   xmr demo                                   # synthetic data, small VSE++, R@K table (< 5 min)
+  xmr index build --images ~/photos --out idx && xmr search idx "a dog on a beach"   # the shipped model
   xmr data flickr8k                          # check a dataset and show its splits
   xmr features flickr8k                      # EfficientNet-Lite0 features into runs/cache
   xmr train --model vsepp --preset cpu --data flickr8k --out runs/vsepp-f8k
@@ -150,7 +151,9 @@ def _check_resume(args) -> None:
 def cmd_eval(args) -> int:
     from xmr import checkpoint
     from xmr.models import get_entry
+    from xmr.pretrained import resolve_run
 
+    args.run_name, args.run = args.run, str(resolve_run(args.run))  # the JSON records the name given
     stem = Path(args.run) / args.checkpoint
     try:
         learns_from = get_entry(checkpoint.read_meta(stem).get("model")).cls.learns_from
@@ -181,7 +184,7 @@ def _eval_labels(args) -> int:
     print(format_labelled(result))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"run": str(args.run), "checkpoint": args.checkpoint,
+        Path(args.json).write_text(json.dumps({"run": args.run_name, "checkpoint": args.checkpoint,
                                                "data": args.data or config["data"], "epoch": meta.get("epoch"),
                                                **result}, indent=1))
     return 0
@@ -232,7 +235,7 @@ def _eval_pairs(args) -> int:
             plot_k_curve(result["two_step"], result if "i2t" in result else None, Path(args.plot),
                          f"{meta['model']} on {args.split}")
     if args.json:
-        result = {"run": str(args.run), "checkpoint": args.checkpoint, "data": args.data or meta["data"],
+        result = {"run": args.run_name, "checkpoint": args.checkpoint, "data": args.data or meta["data"],
                   "split": args.split, "folds": args.folds, **result}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=1))
@@ -278,6 +281,8 @@ def cmd_index(args) -> int:
     from xmr.search.index import Collection, build_index, describe
 
     if args.action == "info":
+        if args.target is None:
+            raise SystemExit("xmr index info: name the index folder")
         print(describe(args.target))
         return 0
     given = [(k, v) for k, v in (("split", args.data), ("images", args.images), ("sentences", args.sentences)) if v]
@@ -314,6 +319,14 @@ def cmd_serve(args) -> int:
     from xmr.search.server import serve
 
     serve(args.index, args.host, args.port)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from xmr.pretrained import export_run
+
+    meta = export_run(args.run, args.out, args.checkpoint)
+    print(f"{args.out}: {meta['model']} ({meta['extractor']}), float16 weights, {meta['bytes'] / 1e6:.1f} MB")
     return 0
 
 
@@ -371,7 +384,7 @@ def _train_options(t: argparse.ArgumentParser) -> None:
 
 
 def _eval_options(e: argparse.ArgumentParser) -> None:
-    e.add_argument("run", help="run folder written by xmr train")
+    e.add_argument("run", help="run folder written by xmr train, or 'pretrained' (the model shipped with xmr)")
     e.add_argument("--split", default="test")
     e.add_argument("--data", help="dataset spec (default: the one the run was trained on)")
     e.add_argument("--protocol", choices=["pairs", "labels"], help="R@K on image-sentence pairs, or label mAP "
@@ -409,7 +422,8 @@ def _eval_embeddings_options(ee: argparse.ArgumentParser) -> None:
 
 def _index_options(ix: argparse.ArgumentParser) -> None:
     ix.add_argument("action", choices=["build", "info"])
-    ix.add_argument("target", help="build: the trained run folder; info: the index")
+    ix.add_argument("target", nargs="?", help="build: the trained run folder (default: the pretrained model "
+                    "shipped with xmr, also named 'pretrained'); info: the index")
     ix.add_argument("--data", help="a dataset spec: index its --split (images and captions)")
     ix.add_argument("--split", default="test")
     ix.add_argument("--images", help="a folder of images (searched recursively)")
@@ -436,6 +450,12 @@ def _serve_options(sv: argparse.ArgumentParser) -> None:
     sv.add_argument("--port", type=int, default=8000)
 
 
+def _export_options(x: argparse.ArgumentParser) -> None:
+    x.add_argument("run", help="run folder written by xmr train")
+    x.add_argument("--out", required=True, help="the bundle folder (e.g. xmr/bundled/vsepp-flickr8k)")
+    x.add_argument("--checkpoint", default="best", choices=["best", "last"])
+
+
 def _demo_options(m: argparse.ArgumentParser) -> None:
     m.add_argument("--out", default="runs/demo")
     m.add_argument("--quiet", action="store_true")
@@ -458,6 +478,8 @@ COMMANDS = {
     "search": ("Search an index: images for a sentence, or sentences for --image.", cmd_search, _search_options,
                True),
     "serve": ("Serve an index: HTTP API and a search page.", cmd_serve, _serve_options, True),
+    "export": ("Write a run as a small bundle (float16 weights, metadata, vocabulary) that search and eval "
+               "read like a run; the pretrained model shipped with xmr is one.", cmd_export, _export_options, False),
     "demo": ("Synthetic data, small VSE++: train, evaluate, print the R@K table.", cmd_demo, _demo_options, True),
 }
 

@@ -189,14 +189,16 @@ def embed_all(model, data, side: str, batch_size: int = 256, progress: bool = Fa
     return np.ascontiguousarray(np.concatenate(out), dtype=np.float32)
 
 
-def build_index(run: str | Path, collection: Collection, out: str | Path, kind: str = "auto",
+def build_index(run: str | Path | None, collection: Collection, out: str | Path, kind: str = "auto",
                 cache: Path = Path("runs/cache"), progress: bool = True, on_bad_input: str = "fail") -> dict:
-    """Encode ``collection`` with the trained model in ``run`` and publish the index at ``out``."""
+    """Encode ``collection`` with the trained model in ``run`` (None: the bundled pretrained model)
+    and publish the index at ``out``."""
     import faiss
 
+    from xmr.pretrained import resolve_run
     from xmr.runs import open_run
 
-    run, out = Path(run).resolve(), Path(out)
+    run, out = resolve_run(run).resolve(), Path(out)
     trained = open_run(run)
     model, meta = trained.model, trained.meta
     versions = out.parent / f"{out.name}.versions"
