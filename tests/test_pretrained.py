@@ -32,6 +32,7 @@ def test_export_writes_float16_weights_that_load_as_the_run(tiny_run, tmp_path, 
     assert {v.dtype for v in stored.values() if v.is_floating_point()} == {torch.float16}
     meta = json.loads((tmp_path / "b" / "best.json").read_text())
     assert meta["dtype"] == "float16" and meta["exported_from"] == "run/best" and meta["optimizer_groups"] == []
+    assert meta["match_levels"]["source"].endswith(" dev")  # a search of the bundle needs no dataset
 
     original, bundle = open_run(tmp / "run"), open_run(tmp_path / "b")
     assert bundle.meta["extractor"] == original.meta["extractor"] and bundle.vocab.words == original.vocab.words
@@ -63,7 +64,8 @@ def test_the_shipped_bundle_is_small_and_complete():
     assert (path / "best.safetensors").stat().st_size <= MAX_BYTES
     metrics = json.loads((path / "test-metrics.json").read_text())
     assert metrics["split"] == "test" and metrics["n_images"] == 1000 and metrics["run"] == "pretrained"
-    assert json.loads((path / "best.json").read_text())["dtype"] == "float16"
+    meta = json.loads((path / "best.json").read_text())
+    assert meta["dtype"] == "float16" and meta["match_levels"]["source"] == "flickr8k dev"
 
 
 @pytest.mark.slow
@@ -85,6 +87,7 @@ def test_the_shipped_model_indexes_and_searches_a_photo_folder(tmp_path, capsys)
     assert {h["image_id"] for h in hits} == {f"p{i}.jpg" for i in range(4)}
     scores = [h["score"] for h in hits]
     assert scores == sorted(scores, reverse=True) and len(set(scores)) > 1
+    assert hits[0]["match"] == "none"  # four plain colour fields hold nothing like "a dog on a beach"
 
 
 @pytest.mark.slow

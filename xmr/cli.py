@@ -311,7 +311,10 @@ def cmd_search(args) -> int:
     for h in hits:
         what = h.caption if h.caption is not None else h.image_id
         extra = f"   (image {h.image_id})" if h.caption is not None and h.image_id else ""
-        print(f"{h.rank:3d}  {h.score:8.4f}  {what}{extra}")
+        print(f"{h.rank:3d}  {h.score:8.4f}  {h.match or '':6s}  {what}{extra}")
+    if hits and hits[0].match == "none":
+        print("no real match: the best result scores below 95% of the model's top hits on its own dev split; "
+              "the collection may hold nothing like this", file=sys.stderr)
     return 0
 
 
@@ -325,7 +328,7 @@ def cmd_serve(args) -> int:
 def cmd_export(args) -> int:
     from xmr.pretrained import export_run
 
-    meta = export_run(args.run, args.out, args.checkpoint)
+    meta = export_run(args.run, args.out, args.checkpoint, Path(args.cache))
     print(f"{args.out}: {meta['model']} ({meta['extractor']}), float16 weights, {meta['bytes'] / 1e6:.1f} MB")
     return 0
 
@@ -479,7 +482,7 @@ COMMANDS = {
                True),
     "serve": ("Serve an index: HTTP API and a search page.", cmd_serve, _serve_options, True),
     "export": ("Write a run as a small bundle (float16 weights, metadata, vocabulary) that search and eval "
-               "read like a run; the pretrained model shipped with xmr is one.", cmd_export, _export_options, False),
+               "read like a run; the pretrained model shipped with xmr is one.", cmd_export, _export_options, True),
     "demo": ("Synthetic data, small VSE++: train, evaluate, print the R@K table.", cmd_demo, _demo_options, True),
 }
 

@@ -38,16 +38,19 @@ def resolve_run(run: str | Path | None) -> Path:
     return bundled_run() if run is None or str(run) == NAME else Path(run)
 
 
-def export_run(run: str | Path, out: str | Path, which: str = "best") -> dict:
+def export_run(run: str | Path, out: str | Path, which: str = "best", cache: Path = Path("runs/cache")) -> dict:
     """Write ``run``'s ``which`` checkpoint to ``out`` as a bundle (float16 tensors, no optimiser
-    state, the vocabulary beside it). Returns the bundle's metadata; refuses weights over MAX_BYTES."""
+    state, the vocabulary beside it, the match levels measured on the run's dev split so that a
+    search needs no dataset). Returns the bundle's metadata; refuses weights over MAX_BYTES."""
     from xmr.runs import open_run
+    from xmr.search.index import run_match_levels
 
     trained = open_run(run, which)
+    trained.meta["match_levels"] = run_match_levels(trained, cache)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     keep = {k: v for k, v in trained.meta.items()
-            if k not in ("format", "xmr_version", "optimizer_groups", "weights_sha256")}
+            if k not in ("format", "xmr_version", "optimizer_groups", "weights_sha256") and v is not None}
     meta = {**keep, "exported_from": f"{Path(run).name}/{which}", "dtype": "float16"}
     model = trained.model.to(torch.float16)  # integer buffers (BatchNorm counters) keep their dtype
     checkpoint.save(out / "best", model, meta)

@@ -7,6 +7,11 @@ pairwise model (MMCA, JGCAR, ACMM) then re-scores them on the query's and candid
 evaluation's retriever (``xmr.eval.two_step.rerank``), so search and ``xmr eval --two-step`` rank
 alike. Queries are
 validated here, so the CLI and the HTTP API give the same clear errors.
+
+Each hit also carries ``match`` (``strong`` / ``weak`` / ``none``): its first-stage score against
+what top hits score on the model's own dev split (``xmr.search.calibration``), so a person can
+tell a real match from the best of an unrelated collection; Hamming search and an index built
+without the run's dev split give none.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import numpy as np
 import torch
 
 from xmr.eval.two_step import rerank
+from xmr.search.calibration import verdict
 from xmr.search.index import SearchError, file_hash, read_meta
 
 MAX_QUERY_CHARS = 300
@@ -34,6 +40,7 @@ class Hit:
     caption: str | None = None
     caption_index: int | None = None
     first_stage_score: float | None = None
+    match: str | None = None  # "strong" | "weak" | "none" (xmr.search.calibration)
 
     def as_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if v is not None}
@@ -188,9 +195,11 @@ class Searcher:
             scores = rerank(self.model, query_reps, encode(candidate_batch(idx)), torch.zeros(1, dtype=torch.long),
                             torch.arange(len(idx))[None], query_is_image=(side == "captions"))[0].numpy()
         order = np.argsort(-scores, kind="stable")[:k]
+        levels = None if binary else (self.meta.get("match_levels") or {}).get(side)
         hits = []
         for rank, o in enumerate(order, 1):
-            hit = Hit(rank, float(scores[o]), first_stage_score=float(first[o]) if self.model.pairwise else None)
+            hit = Hit(rank, float(scores[o]), first_stage_score=float(first[o]) if self.model.pairwise else None,
+                      match=verdict(float(first[o]), levels) if levels else None)
             if side == "images":
                 hit.image_index, hit.image_id = int(idx[o]), self.items["image_ids"][idx[o]]
             else:

@@ -189,6 +189,24 @@ def embed_all(model, data, side: str, batch_size: int = 256, progress: bool = Fa
     return np.ascontiguousarray(np.concatenate(out), dtype=np.float32)
 
 
+def run_match_levels(trained, cache: Path, progress: bool = False) -> dict | None:
+    """The run's match levels (``xmr.search.calibration``): a bundle's stored ones, else measured on
+    the dev split of the run's dataset; None, with a note, when that split cannot be read."""
+    from xmr.data.base import DataError
+    from xmr.search.calibration import match_levels
+
+    if "match_levels" in trained.meta:
+        return trained.meta["match_levels"]
+    try:
+        dev = trained.data("dev", cache=cache, progress=progress)
+    except (DataError, OSError, ValueError) as e:
+        print(f"note: no match signal in this index: the run's dev split cannot be read ({e})", file=sys.stderr)
+        return None
+    model = trained.model
+    return match_levels(embed_all(model, dev, "images"), embed_all(model, dev, "captions"), model.metric,
+                        source=f"{trained.meta['data']} dev")
+
+
 def build_index(run: str | Path | None, collection: Collection, out: str | Path, kind: str = "auto",
                 cache: Path = Path("runs/cache"), progress: bool = True, on_bad_input: str = "fail") -> dict:
     """Encode ``collection`` with the trained model in ``run`` (None: the bundled pretrained model)
@@ -246,6 +264,7 @@ def build_index(run: str | Path | None, collection: Collection, out: str | Path,
                 "counts": {side: len(v) for side, v in sides.items()},
                 "dim": int(next(iter(sides.values())).shape[1]), "index_kinds": kinds,
                 "metric": model.metric, "binary_bits": bits,
+                "match_levels": run_match_levels(trained, cache, progress),
                 "build_seconds": time.perf_counter() - t0, "created": time.strftime("%Y-%m-%d %H:%M:%S")}
         (work / "meta.json").write_text(json.dumps(info, indent=1))
         shutil.rmtree(work / "extract", ignore_errors=True)

@@ -4,7 +4,9 @@ Endpoints (all answers JSON unless noted; errors are 4xx with ``{"detail": messa
 
 - ``GET  /api/health``                       model, collection and counts
 - ``GET  /api/search?q=...&k=10``             images for a sentence (k in 1..100, q <= 300 chars;
-                                              ``binary=true``: Hamming search on hash codes, CMMN)
+                                              ``binary=true``: Hamming search on hash codes, CMMN);
+                                              ``match`` (and each hit's): strong / weak / none, does
+                                              anything match (``xmr.search.calibration``)
 - ``POST /api/search/image`` (form: file, k, binary)  sentences for an uploaded image (JPEG/PNG/WebP/GIF/BMP,
                                               at most 10 MB and 64 megapixels)
 - ``GET  /api/items/{image_id}?k=5``          an image's own captions and the index's best sentences
@@ -42,6 +44,11 @@ def _errors(*codes: int) -> dict:
             422: "request does not match the schema", 500: "never (a bug)"}
     return {c: {"description": what[c], "content": {"application/json": {"schema": {
         "type": "object", "properties": {"detail": {}}, "required": ["detail"]}}}} for c in codes}
+
+
+def _top_match(hits) -> str | None:
+    """The answer's verdict: the best hit's ``match`` (None without match levels)."""
+    return hits[0].match if hits else None
 
 
 def decode_upload(data: bytes, filename: str):
@@ -85,7 +92,7 @@ def create_app(searcher: Searcher) -> FastAPI:
                k: int = Query(10, ge=1, le=MAX_K),
                binary: bool = Query(False, description="Hamming search on hash codes")) -> dict:
         hits = guard(searcher.search_text, q, k, binary)
-        return {"query": q, "k": k, "binary": binary, "results": [h.as_dict() for h in hits]}
+        return {"query": q, "k": k, "binary": binary, "match": _top_match(hits), "results": [h.as_dict() for h in hits]}
 
     @app.post("/api/search/image", responses=_errors(400, 413, 415, 422))
     async def search_image(file: UploadFile = File(...), k: int = Form(10, ge=1, le=MAX_K),
@@ -98,7 +105,7 @@ def create_app(searcher: Searcher) -> FastAPI:
         # Decoding and the CNN run in a worker thread: the event loop keeps answering other requests.
         image = await run_in_threadpool(decode_upload, data, file.filename or "upload")
         hits = await run_in_threadpool(guard, searcher.search_image, image, k, binary)
-        return {"k": k, "binary": binary, "results": [h.as_dict() for h in hits]}
+        return {"k": k, "binary": binary, "match": _top_match(hits), "results": [h.as_dict() for h in hits]}
 
     @app.get("/api/items/{image_id:path}", responses=_errors(400, 404, 422))
     def item(image_id: str, k: int = Query(5, ge=1, le=MAX_K)) -> dict:
