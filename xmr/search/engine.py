@@ -134,7 +134,8 @@ class Searcher:
             else:
                 from xmr.features.text import bert_encode
 
-                states, mask = bert_encode(captions, *self._bert)
+                # the layer the model reads (Inputs.bert_tail), as it was trained on
+                states, mask = bert_encode(captions, *self._bert, tail_layers=self.model.inputs.bert_tail)
             batch["bert"], batch["bert_mask"] = torch.from_numpy(np.asarray(states)), torch.from_numpy(np.asarray(mask))
         return batch
 

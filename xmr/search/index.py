@@ -169,7 +169,8 @@ def collect(collection: Collection, trained: TrainedRun, work: Path, cache: Path
     if "bert" in model.inputs.text:
         from xmr.features.text import bert_states
 
-        states, mask = bert_states(sentences, work / "text", "sentences", progress=progress)
+        states, mask = bert_states(sentences, work / "text", "sentences", progress=progress,
+                                   tail_layers=model.inputs.bert_tail)
         extra = {"bert": states, "bert_mask": mask}
     return PairData(split, vocab, meta["max_len"], extra)
 
