@@ -19,9 +19,9 @@
 #   ft1-crop      ft1 with random crops of the cached activation maps (RC on the trunk)
 #   ft1-cropflip  ft1-crop with horizontal flips of the maps as well
 #   lite2-ft1-crop  from lite2: Lite2's last block + head, crops
-# and the text side's fine-tuning, from lite2 with the same 3 epochs: MiniLM's top layer trained
-# (at 0.1x the lr, text_tail_lr_scale) on cached layer-5 token states, which at its pretrained
-# weights compute exactly the frozen final states:
+# and the text side's fine-tuning, from lite2 with the same 3 epochs at lr 5e-5 (BERT's usual
+# fine-tuning rate, so the tail trains at 1x: text_tail_lr_scale=1): MiniLM's top layer trained on
+# cached layer-5 token states, which at its pretrained weights compute the frozen final states:
 #   lite2-txt1    from lite2: MiniLM's last layer fine-tuned before the BiGRU
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -51,7 +51,7 @@ for lever in $LEVERS; do
     lite2-ft1-crop) train lite2-ft1-crop cpu-bert efficientnet-lite2-260 $FT --set init_from=$RUNS/lite2 \
       --set augment=crop ;;
     lite2-txt1) train lite2-txt1 cpu-bert efficientnet-lite2-260 --set text_tail_layers=1 --set init_from=$RUNS/lite2 \
-      --set warmup_epochs=0 --set epochs=3 --set lr=5e-5 --set lr_decay_epochs=[] ;;
+      --set warmup_epochs=0 --set epochs=3 --set lr=5e-5 --set lr_decay_epochs=[] --set text_tail_lr_scale=1 ;;
     *) echo "unknown lever $lever" >&2; exit 2 ;;
   esac
 done
