@@ -1,10 +1,10 @@
 """Evaluation through the model interface: encode once, score in bounded blocks, rank.
 
 Memory is bounded by the block size: the (Ni, Nt) score matrix is never held whole; each block
-of ``image_chunk`` images is scored against all captions (in ``caption_chunk`` slices, which is
-what bounds a pairwise model's work) and reduced to ranks at once. Text->image ranks need each
-caption's ground-truth score first; it comes from a cheap pass over the diagonal blocks
-(an image chunk against its own captions).
+of ``image_chunk`` images x ``caption_chunk`` captions (what bounds a pairwise model's work) is
+scored and reduced to rank counts at once. Both directions' counts need the ground-truth scores
+first (each caption's with its own image, each image's best); they come from a cheap pass over
+the diagonal blocks (an image chunk against its own captions).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from xmr.data.pairs import PairData
-from xmr.eval.recall import i2t_ranks, mean_over_folds, summarize, t2i_counts
+from xmr.eval.recall import finite_or_last, mean_over_folds, summarize
 from xmr.models.base import Reps, RetrievalModel
 
 
@@ -64,7 +64,12 @@ def ranks(model: RetrievalModel, img: Reps, txt: Reps, caption_image: np.ndarray
           progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """0-based image->text and text->image ranks of every query, in bounded memory.
 
-    Block sizes default to the model's ``score_block``.
+    Each (``image_chunk`` images x ``caption_chunk`` captions) block is reduced to counts as soon as
+    it is scored, while it is still in cache: per image, the captions scoring at least its best
+    ground truth; per caption, the images scoring at least its own image. The ground-truth pairs
+    among those are then taken off, read from the same block, so the counts are of the other
+    items only (the pessimistic tie rule of ``xmr.eval.recall``) even if a score computed twice
+    differs in its last bit. Block sizes default to the model's ``score_block``.
     """
     model.eval()
     image_chunk = image_chunk or model.score_block[0]
@@ -72,7 +77,7 @@ def ranks(model: RetrievalModel, img: Reps, txt: Reps, caption_image: np.ndarray
     cap_img = torch.as_tensor(caption_image, dtype=torch.long)
     ni, nt = next(iter(img.values())).size(0), cap_img.numel()
     order = torch.argsort(cap_img, stable=True)
-    gt = None  # in the model's score dtype, so no distinct scores become ties
+    gt = None  # each caption's score with its own image, in the model's score dtype (no false ties)
     for s in range(0, ni, image_chunk):  # diagonal blocks: each caption with its own image
         e = min(ni, s + image_chunk)
         cols = order[(cap_img[order] >= s) & (cap_img[order] < e)]
@@ -80,14 +85,26 @@ def ranks(model: RetrievalModel, img: Reps, txt: Reps, caption_image: np.ndarray
         if gt is None:
             gt = torch.empty(nt, dtype=block.dtype)
         gt[cols] = block[cap_img[cols] - s, torch.arange(cols.numel())]
-    i2t = torch.empty(ni, dtype=torch.long)
+    gt = finite_or_last(gt)
+    best = torch.full((ni,), float("-inf"), dtype=gt.dtype).scatter_reduce(0, cap_img, gt, "amax")
+    i2t = torch.zeros(ni, dtype=torch.long)
     t2i = torch.zeros(nt, dtype=torch.long)
     bar = tqdm(total=ni * nt, desc="score pairs", unit="pair", unit_scale=True, disable=not progress)
     for s in range(0, ni, image_chunk):
         e = min(ni, s + image_chunk)
-        block = score_rows(model, take(img, slice(s, e)), txt, caption_chunk)
-        i2t[s:e] = i2t_ranks(block, cap_img, s)
-        t2i += t2i_counts(block, gt, cap_img, s)
+        im = take(img, slice(s, e))
+        for c in range(0, nt, caption_chunk):
+            d = min(nt, c + caption_chunk)
+            block = model.similarity(im, take(txt, slice(c, d)))
+            if not torch.isfinite(block).all():
+                block = finite_or_last(block)
+            i2t[s:e] += (block >= best[s:e, None]).sum(1)
+            t2i[c:d] += (block >= gt[None, c:d]).sum(0)
+            own = cap_img[c:d]
+            gt_cols = torch.nonzero((own >= s) & (own < e)).squeeze(1)  # ground-truth pairs in the block
+            pair = block[own[gt_cols] - s, gt_cols]
+            i2t.index_add_(0, own[gt_cols], -(pair >= best[own[gt_cols]]).long())
+            t2i.index_add_(0, c + gt_cols, -(pair >= gt[c + gt_cols]).long())
         bar.update((e - s) * nt)
     bar.close()
     return i2t.numpy(), t2i.numpy()
