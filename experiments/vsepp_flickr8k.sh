@@ -12,6 +12,9 @@
 #   base          cpu preset: GloVe-initialised word embeddings instead of MiniLM states
 #   bert          cpu-bert: frozen EfficientNet-Lite0 pooled features, linear projection
 #   lite2         frozen EfficientNet-Lite2 (260^2) pooled features
+#   lite2-mean    lite2 with the BiGRU replaced by a linear map of the mean-pooled MiniLM states
+#                 (MiniLM's own sentence embedding), text_pool=mean
+#   lite2-grumean lite2 with that projection added to the BiGRU's vector, text_pool=gru+mean
 # and VSE++'s fine-tuning ("FT"), started from a finished frozen-feature run as the paper does
 # (its CNN tail at ImageNet weights computes exactly the frozen features, so step 0 scores as
 # that run), 3 more epochs at lr 5e-5, hardest negatives throughout:
@@ -44,6 +47,8 @@ for lever in $LEVERS; do
     base) train base cpu efficientnet-lite0-224 $BUDGET ;;
     bert) train bert cpu-bert efficientnet-lite0-224 $BUDGET ;;
     lite2) train lite2 cpu-bert efficientnet-lite2-260 $BUDGET ;;
+    lite2-mean) train lite2-mean cpu-bert efficientnet-lite2-260 $BUDGET --set text_pool=mean ;;
+    lite2-grumean) train lite2-grumean cpu-bert efficientnet-lite2-260 $BUDGET --set text_pool=gru+mean ;;
     ft1) train ft1 cpu-bert efficientnet-lite0-224 $FT --set init_from=$RUNS/bert ;;
     ft1-crop) train ft1-crop cpu-bert efficientnet-lite0-224 $FT --set init_from=$RUNS/bert --set augment=crop ;;
     ft1-cropflip) train ft1-cropflip cpu-bert efficientnet-lite0-224 $FT --set init_from=$RUNS/bert \

@@ -7,7 +7,9 @@ setting at the cost of the last ``tail_blocks`` blocks. Text: word embeddings ->
 ``text_input="bert"`` the GRU reads frozen MiniLM token states instead of learned word
 embeddings (an xmr option, not in the paper: a pretrained stand-in for the word vectors); with
 ``text_tail_layers=k`` MiniLM's last ``k`` layers are fine-tuned on cached lower-layer states
-(``text_tail.py``) at ``text_tail_lr_scale`` times the learning rate, the text side's "FT".
+(``text_tail.py``) at ``text_tail_lr_scale`` times the learning rate, the text side's "FT";
+``text_pool="mean"`` replaces the GRU by a linear projection of the mean of the MiniLM states
+(how MiniLM itself embeds a sentence), ``"gru+mean"`` adds that projection to the GRU's vector.
 Similarity: cosine (dot product of unit vectors). Loss: Eq. 5, hinge triplet with the hardest
 negative in the batch (MH), margin 0.2; Eq. 4 (sum of violations, SH) for ``warmup_epochs``.
 """
@@ -18,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xmr.backbones import FEATURE_DIM
-from xmr.interface import BERT_DIM, BERT_LAYERS
+from xmr.interface import BERT_DIM, BERT_LAYERS, sentence_vectors
 from xmr.losses import ViolationWarmup, triplet_ranking_loss
 from xmr.models.base import Inputs, Preset, RetrievalModel, Reps, register
 from xmr.models.image_tail import ImageTail
@@ -80,10 +82,10 @@ class VSEPP(RetrievalModel):
                  dropout: float = 0.0, text_input: str = "words", word_init: np.ndarray | None = None,
                  image_input: str = "pooled", backbone: str = "efficientnet-lite0", tail_blocks: int = 2,
                  tail_lr_scale: float = 1.0, resolution: int = 224, text_tail_layers: int = 0,
-                 text_tail_lr_scale: float = 0.1):
+                 text_tail_lr_scale: float = 0.1, text_pool: str = "gru"):
         super().__init__()
         self.inputs = self.inputs_for(text_input=text_input, image_input=image_input, resolution=resolution,
-                                      text_tail_layers=text_tail_layers)
+                                      text_tail_layers=text_tail_layers, text_pool=text_pool)
         self.text_input = text_input
         self.drop = nn.Dropout(dropout)  # not in the paper; regularises small training sets
         self.tail = (ImageTail(backbone, tail_blocks, from_pixels=image_input == "pixels")
@@ -99,7 +101,13 @@ class VSEPP(RetrievalModel):
         r = np.sqrt(6.0) / np.sqrt(image_dim + embed_dim)
         nn.init.uniform_(self.image_fc.weight, -r, r)
         nn.init.zeros_(self.image_fc.bias)
-        if text_input == "bert":
+        self.text_pool = text_pool
+        # MiniLM was trained as a sentence embedder on its mean-pooled states: "mean" projects that
+        # vector, "gru+mean" adds the projection to the GRU's sentence vector.
+        self.text_mean = nn.Linear(BERT_DIM, embed_dim) if "mean" in text_pool else None
+        if text_pool == "mean":
+            self.text = None
+        elif text_input == "bert":
             self.text = GRUEncoder(None, BERT_DIM, embed_dim, bidirectional, dropout=dropout)
         else:
             self.text = GRUEncoder(vocab_size, word_dim, embed_dim, bidirectional, word_init, dropout=dropout)
@@ -129,9 +137,13 @@ class VSEPP(RetrievalModel):
 
     @classmethod
     def inputs_for(cls, text_input: str = "words", image_input: str = "pooled", resolution: int = 224,
-                   text_tail_layers: int = 0, **_) -> Inputs:
+                   text_tail_layers: int = 0, text_pool: str = "gru", **_) -> Inputs:
         if text_input not in ("words", "bert"):
             raise ValueError(f"text_input must be 'words' or 'bert', not {text_input!r}")
+        if text_pool not in ("gru", "mean", "gru+mean"):
+            raise ValueError(f"text_pool must be 'gru', 'mean' or 'gru+mean', not {text_pool!r}")
+        if text_pool != "gru" and text_input != "bert":
+            raise ValueError(f"text_pool={text_pool!r} pools MiniLM states: it needs text_input='bert'")
         if not 0 <= text_tail_layers <= BERT_LAYERS:
             raise ValueError(f"text_tail_layers={text_tail_layers}: MiniLM has {BERT_LAYERS} layers, "
                              f"use 0..{BERT_LAYERS}")
@@ -146,7 +158,9 @@ class VSEPP(RetrievalModel):
         if self.text_input == "bert":
             mask = batch["bert_mask"]
             states = batch["bert"].float() if self.text_tail is None else self.text_tail(batch["bert"], mask)
-            _, sentence = self.text.run(states, mask.sum(1))
+            sentence = 0 if self.text is None else self.text.run(states, mask.sum(1))[1]
+            if self.text_mean is not None:
+                sentence = sentence + self.text_mean(sentence_vectors(states, mask))
         else:
             _, sentence = self.text(batch["tokens"], batch["lengths"])
         return {"emb": F.normalize(sentence, dim=-1)}
