@@ -217,6 +217,7 @@ def build_index(run: str | Path | None, collection: Collection, out: str | Path,
 
 
 def one_line(e: BaseException) -> str:
+    """An error as one line, to send to the other ranks."""
     return " ".join(str(e).split()) or type(e).__name__
 
 
