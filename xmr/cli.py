@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -291,7 +292,8 @@ def cmd_index(args) -> int:
     kind, source = given[0]
     info = build_index(args.target, Collection(kind, source, args.split), args.out, args.kind, Path(args.cache),
                        progress=not args.quiet, on_bad_input=args.on_bad_input)
-    print(describe(args.out))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, once
+        print(describe(args.out))
     return 0 if info else 1
 
 

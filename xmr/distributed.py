@@ -64,6 +64,38 @@ def shard(n: int, ctx: Context) -> slice:
     return slice(ctx.rank * size, (ctx.rank + 1) * size)
 
 
+def part(n: int, ctx: Context, align: int = 1) -> slice:
+    """This rank's contiguous share of ``n`` items (a sharded index build), none left empty.
+
+    Boundaries fall on multiples of ``align`` where that still gives every rank an item, so that
+    batches of ``align`` items are the ones a single process forms (equal batches, equal numbers);
+    otherwise the shares are as even as possible."""
+    if n < ctx.world:
+        raise ValueError(f"{n} item(s) do not split over {ctx.world} processes; run fewer")
+    size = -(-n // (ctx.world * align)) * align
+    if size * (ctx.world - 1) >= n:
+        return slice(ctx.rank * n // ctx.world, (ctx.rank + 1) * n // ctx.world)
+    return slice(ctx.rank * size, min(n, (ctx.rank + 1) * size))
+
+
+def share(obj, ctx: Context):
+    """Rank 0's ``obj`` (picklable), on every rank."""
+    if not ctx.active:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, 0)
+    return box[0]
+
+
+def gather_objects(obj, ctx: Context) -> list:
+    """Every rank's ``obj`` (picklable), in rank order, on every rank."""
+    if not ctx.active:
+        return [obj]
+    out = [None] * ctx.world
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def _pad_to(t: torch.Tensor, shape: list[int]) -> torch.Tensor:
     """Zero-pad (False for masks) dims 1.. of ``t`` up to ``shape`` (per-rank text widths differ)."""
     pad = []

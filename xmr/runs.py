@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from xmr import checkpoint
 from xmr.data import DatasetSpec
@@ -33,11 +34,13 @@ class TrainedRun:
     meta: dict
 
     def data(self, split: str, data: str | DatasetSpec | None = None, cache: Path = DEFAULT_CACHE,
-             progress: bool = True, on_bad_input: str = "fail") -> PairData:
+             progress: bool = True, on_bad_input: str = "fail", rows: Callable[[int], slice] | None = None
+             ) -> PairData:
         """``split`` of ``data`` (default: the dataset the run was trained on) as the model reads it:
-        its image input, token ids under the run's vocabulary and caption length, BERT states."""
+        its image input, token ids under the run's vocabulary and caption length, BERT states;
+        only ``rows`` of its images (and their captions) where given (``pair_data``)."""
         return pair_data(data or self.meta["data"], split, self.model.inputs, self.vocab, self.meta["max_len"],
-                         self.meta["extractor"], Path(cache), progress, on_bad_input)
+                         self.meta["extractor"], Path(cache), progress, on_bad_input, rows)
 
 
 def open_run(run: str | Path, which: str = "best") -> TrainedRun:

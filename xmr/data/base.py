@@ -66,8 +66,17 @@ class Split:
         """This split minus the images ``drop`` (indices) and their captions; named apart from the
         whole split (``train-minus-3``) so that caches keyed by split name do not mix them."""
         keep = np.setdiff1d(np.arange(self.n_images), np.asarray(drop, dtype=np.int64))
+        return self._keep(keep, f"{self.name}-minus-{self.n_images - len(keep)}")
+
+    def rows(self, part: slice) -> "Split":
+        """The contiguous images ``part`` (a slice of image indices) and their captions, named apart
+        from the whole split (``test-rows32-60``) so that caches keyed by split name do not mix them."""
+        start, stop, _ = part.indices(self.n_images)
+        return self._keep(np.arange(start, stop), f"{self.name}-rows{start}-{stop}")
+
+    def _keep(self, keep: np.ndarray, name: str) -> "Split":
         k = self.captions_per_image
-        return replace(self, name=f"{self.name}-minus-{self.n_images - len(keep)}",
+        return replace(self, name=name,
                        image_ids=[self.image_ids[i] for i in keep],
                        captions=[self.captions[i * k + j] for i in keep for j in range(k)],
                        image_paths=None if self.image_paths is None else [self.image_paths[i] for i in keep],

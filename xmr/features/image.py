@@ -222,9 +222,12 @@ def extract_split(split: Split, out: str | Path, extractor: str = "efficientnet-
         (out / f"{name}.skipped.json").unlink(missing_ok=True)
     write_key(out / name, key, images=n, extractor=extractor)
     state_file.unlink(missing_ok=True)
-    (out / "extractor.json").write_text(json.dumps({"extractor": extractor, "feature_dim": FEATURE_DIM,
-                                                    "grid": spec.grid, "trunk_cut": spec.trunk_cut,
-                                                    "trunk_shape": list(spec.trunk_shape)}))
+    # Shared by every split under ``out``: processes extracting their shards of a collection at once
+    # each write it, so through a per-process name and an atomic rename (the contents are equal).
+    tmp = out / f"extractor.json.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps({"extractor": extractor, "feature_dim": FEATURE_DIM, "grid": spec.grid,
+                               "trunk_cut": spec.trunk_cut, "trunk_shape": list(spec.trunk_shape)}))
+    os.replace(tmp, out / "extractor.json")
     done = n - start
     return {"split": name, "images": done, "seconds": seconds, "images_per_s": done / max(seconds, 1e-9),
             "reused": False, "skipped": len(skipped)}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -34,8 +35,13 @@ def feature_root(spec: DatasetSpec, extractor: str, cache: Path = DEFAULT_CACHE)
 
 def split_with_features(data: str | DatasetSpec, split: str, image_input: str,
                         extractor: str = "efficientnet-lite0-224", cache: Path = DEFAULT_CACHE,
-                        progress: bool = True, on_bad_input: str = "fail", resolution: int = 0) -> Split:
+                        progress: bool = True, on_bad_input: str = "fail", resolution: int = 0,
+                        rows: Callable[[int], slice] | None = None) -> Split:
     """The split with ``features`` set to what ``image_input`` asks for, extracting on first use.
+
+    ``rows`` (given the split's image count, a slice of it) keeps only those images and their
+    captions, before anything is extracted: one process's share of a sharded build
+    (``Split.rows``; the share is cached under its own name).
 
     ``image_input="pixels"`` gives the raw images instead, uint8 (N, R, R, 3) at ``resolution``
     R, cached under ``<cache>/pixels/`` (``xmr/features/pixels.py``; ``extractor`` is not used).
@@ -43,13 +49,16 @@ def split_with_features(data: str | DatasetSpec, split: str, image_input: str,
     out with their captions, counted on stderr (``"skip"``).
     """
     spec = DatasetSpec.of(data)
+    if image_input not in IMAGE_INPUTS + ("pixels",):
+        raise ValueError(f"image input must be one of {IMAGE_INPUTS} or pixels, not {image_input!r}")
+    raw = open_split(spec, split)
+    if rows is not None:
+        raw = raw.rows(rows(raw.n_images))
+    split = raw.name
     if image_input == "pixels":
         from xmr.features.pixels import split_with_pixels
 
-        return split_with_pixels(open_split(spec, split), spec.key, resolution, cache, progress, on_bad_input)
-    if image_input not in IMAGE_INPUTS:
-        raise ValueError(f"image input must be one of {IMAGE_INPUTS}, not {image_input!r}")
-    raw = open_split(spec, split)
+        return split_with_pixels(raw, spec.key, resolution, cache, progress, on_bad_input)
     if raw.features is None:
         root = feature_root(spec, extractor, cache)
         extract_split(raw, root, extractor, progress=progress, on_bad_input=on_bad_input)
@@ -80,11 +89,13 @@ def split_with_features(data: str | DatasetSpec, split: str, image_input: str,
 
 def pair_data(data: str | DatasetSpec, split: str, inputs: Inputs, vocab: Vocab, max_len: int,
               extractor: str = "efficientnet-lite0-224", cache: Path = DEFAULT_CACHE,
-              progress: bool = True, on_bad_input: str = "fail") -> PairData:
-    """Everything a model with these ``inputs`` reads from one split, ready for batching."""
+              progress: bool = True, on_bad_input: str = "fail",
+              rows: Callable[[int], slice] | None = None) -> PairData:
+    """Everything a model with these ``inputs`` reads from one split (or its ``rows``, as
+    ``split_with_features`` takes them), ready for batching."""
     spec = DatasetSpec.of(data)
     s = split_with_features(spec, split, inputs.image, extractor, cache, progress, on_bad_input,
-                            resolution=inputs.pixels)
+                            resolution=inputs.pixels, rows=rows)
     if inputs.labels:
         from xmr.data.keyword_labels import with_labels
 

@@ -28,17 +28,19 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
 
 if TYPE_CHECKING:
+    from xmr.distributed import Context
     from xmr.runs import TrainedRun
 
 FORMAT_VERSION = 1
 EXACT_LIMIT = 50_000  # auto: exact search below this many vectors
 IVF_FROM = 500_000  # auto: IVF from this many vectors (HNSW between)
+EXTRACT_BATCH = 32  # extract_split's default batch: sharded builds cut the collection on its multiples
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
@@ -112,15 +114,17 @@ class Collection:
 
 
 def collect(collection: Collection, trained: TrainedRun, work: Path, cache: Path, progress: bool,
-            on_bad_input: str = "fail"):
-    """The collection as PairData (features and text inputs the model reads)."""
+            on_bad_input: str = "fail", rows: Callable[[int], slice] | None = None):
+    """The collection as PairData (features and text inputs the model reads); only ``rows`` of its
+    images (with their captions), or of its sentences, where given (a rank's share of a sharded build:
+    given the item count, a slice of it)."""
     from xmr.data.base import DataError, Split
     from xmr.data.pairs import PairData
     from xmr.data.text import read_caption_line
 
     model, vocab, meta = trained.model, trained.vocab, trained.meta
     if collection.kind == "split":
-        return trained.data(collection.split, collection.source, cache, progress, on_bad_input)
+        return trained.data(collection.split, collection.source, cache, progress, on_bad_input, rows)
     if collection.kind == "images":
         folder = Path(collection.source)
         if not folder.is_dir():
@@ -128,6 +132,8 @@ def collect(collection: Collection, trained: TrainedRun, work: Path, cache: Path
         paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         if not paths:
             raise SearchError(f"{folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        if rows is not None:
+            paths = paths[rows(len(paths))]
         split = Split("images", [str(p.relative_to(folder)) for p in paths], [], 0, image_paths=paths)
         from xmr.features.image import extract_split, feature_dirs, skipped_images
 
@@ -164,7 +170,9 @@ def collect(collection: Collection, trained: TrainedRun, work: Path, cache: Path
                 raise SearchError(str(e)) from e
     if not sentences:
         raise SearchError(f"{path}: no sentences")
-    split = Split("sentences", [f"sentence-{i}" for i in range(len(sentences))], sentences, 1)
+    part = rows(len(sentences)) if rows is not None else slice(0, len(sentences))
+    sentences = sentences[part]
+    split = Split("sentences", [f"sentence-{i}" for i in range(*part.indices(part.stop))], sentences, 1)
     extra = {}
     if "bert" in model.inputs.text:
         from xmr.features.text import bert_states
@@ -211,71 +219,191 @@ def run_match_levels(trained, cache: Path, progress: bool = False) -> dict | Non
 def build_index(run: str | Path | None, collection: Collection, out: str | Path, kind: str = "auto",
                 cache: Path = Path("runs/cache"), progress: bool = True, on_bad_input: str = "fail") -> dict:
     """Encode ``collection`` with the trained model in ``run`` (None: the bundled pretrained model)
-    and publish the index at ``out``."""
-    import faiss
+    and publish the index at ``out``.
 
+    Under torchrun (``WORLD_SIZE`` > 1) each rank encodes a contiguous share of the collection's
+    items (``distributed.part``: features, images, captions) into its own folder of the version
+    being built, and rank 0 alone merges the shares in rank order, builds the faiss indexes and
+    publishes them, exactly as one process would (same items, same order, same ids); the other
+    ranks wait for its outcome and return the same ``meta.json`` contents."""
+    from xmr import distributed
+
+    ctx = distributed.setup()
+    try:
+        return _build(run, collection, Path(out), kind, cache, progress and ctx.main, on_bad_input, ctx)
+    finally:
+        distributed.teardown(ctx)
+
+
+def one_line(e: BaseException) -> str:
+    """An error as one line, to send to the other ranks."""
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _build(run, collection: Collection, out: Path, kind: str, cache: Path, progress: bool, on_bad_input: str,
+           ctx: Context) -> dict:
+    from xmr import distributed
     from xmr.pretrained import resolve_run
     from xmr.runs import open_run
 
-    run, out = resolve_run(run).resolve(), Path(out)
+    run = resolve_run(run).resolve()
     trained = open_run(run)
-    model, meta = trained.model, trained.meta
     versions = out.parent / f"{out.name}.versions"
-    versions.mkdir(parents=True, exist_ok=True)
     if out.exists() and not out.is_symlink():
         raise SearchError(f"{out} exists and is not an xmr index; choose another --out")
-    stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
-    work = versions / f".building-{stamp}"
-    work.mkdir()
+    if ctx.main:
+        versions.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
+        (versions / f".building-{stamp}").mkdir()
+    work = versions / f".building-{distributed.share(stamp if ctx.main else None, ctx)}"
+    t0 = time.perf_counter()
+    if not ctx.active:
+        try:
+            data = collect(collection, trained, work, cache, progress, on_bad_input)
+            sides = embed_sides(trained.model, data, collection, progress)
+            save_items(work, data, sides, collection, trained.model)
+            info = finish(work, sides, run, trained, collection, kind, t0, cache, progress)
+            final = versions / work.name[len(".building-"):]
+            os.replace(work, final)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        publish(final, out)
+        return info
+    # Sharded: every rank writes its share as files into the version being built rather than
+    # send it through all_gather_object, which would pickle every share (image features included)
+    # into rank 0's memory at once; from files rank 0 streams them into place one at a time. The
+    # price: --out must lie on a filesystem every rank sees (one host, or a shared mount).
+    error = None
     try:
-        t0 = time.perf_counter()
-        data = collect(collection, trained, work, cache, progress, on_bad_input)
-        sides = {}
-        if collection.kind != "sentences":
-            sides["images"] = embed_all(model, data, "images", progress=progress)
-        if data.n_captions:
-            sides["captions"] = embed_all(model, data, "captions", progress=progress)
-        kinds, bits = {}, None
+        own = work / f"shard-{ctx.rank}"
+        try:
+            own.mkdir()
+        except FileNotFoundError:
+            raise SearchError(f"{work}: not found on rank {ctx.rank}; a sharded build needs --out on a "
+                              "filesystem every rank sees") from None
+        data = collect(collection, trained, own, cache, progress, on_bad_input,
+                       rows=lambda n: distributed.part(n, ctx, EXTRACT_BATCH))
+        sides = embed_sides(trained.model, data, collection, progress)
+        save_items(own, data, sides, collection, trained.model)
         for side, vectors in sides.items():
-            kinds[side] = choose_kind(len(vectors), kind)
-            faiss.write_index(make_faiss(vectors, kinds[side], metric=model.metric), str(work / f"{side}.faiss"))
-            codes = model.hash_codes(torch.from_numpy(vectors))
-            if codes is not None:
-                bits = int(codes.shape[1])
-                faiss.write_index_binary(make_binary(codes.numpy()), str(work / f"{side}.bin.faiss"))
-        # The model's raw inputs: a pairwise model re-ranks candidates from them, and an indexed
-        # image is re-encoded from them as a query (the page's "best sentences" for an image).
-        if "images" in sides:
-            raw = data.features.dtype == np.uint8  # a pixels model's images stay uint8
-            np.save(work / "image_features.npy", np.asarray(data.features, dtype=np.uint8 if raw else np.float16))
-        if model.pairwise:
-            for name, values in data.text_features.items():
-                np.save(work / f"text_{name}.npy", np.asarray(values))
-        items = {"image_ids": list(data.split.image_ids) if "images" in sides else [],
-                 "image_paths": [str(Path(p).resolve()) for p in data.split.image_paths]
-                 if "images" in sides and data.split.image_paths else None,
-                 "captions": list(data.split.captions),
-                 "caption_image": data.caption_image.tolist() if collection.kind == "split" else
-                 [-1] * data.n_captions}
-        (work / "items.json").write_text(json.dumps(items))
-        info = {"format_version": FORMAT_VERSION, "run": str(run), "model": meta["model"],
-                "checkpoint_sha256": file_hash(run / "best.safetensors"), "pairwise": model.pairwise,
-                "extractor": meta["extractor"], "max_len": meta["max_len"], "image_input": model.inputs.image,
-                "collection": {"kind": collection.kind, "source": collection.source, "split": collection.split},
-                "counts": {side: len(v) for side, v in sides.items()},
-                "dim": int(next(iter(sides.values())).shape[1]), "index_kinds": kinds,
-                "metric": model.metric, "binary_bits": bits,
-                "match_levels": run_match_levels(trained, cache, progress),
-                "build_seconds": time.perf_counter() - t0, "created": time.strftime("%Y-%m-%d %H:%M:%S")}
-        (work / "meta.json").write_text(json.dumps(info, indent=1))
-        shutil.rmtree(work / "extract", ignore_errors=True)
-        shutil.rmtree(work / "text", ignore_errors=True)
-        final = versions / stamp
-        os.replace(work, final)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    publish(final, out)
+            np.save(own / f"vectors-{side}.npy", vectors)
+        shutil.rmtree(own / "extract", ignore_errors=True)
+        shutil.rmtree(own / "text", ignore_errors=True)
+    except Exception as e:  # every rank must reach the gather below, or the others wait on it forever
+        error = f"rank {ctx.rank}: {one_line(e)}"
+    failed = [e for e in distributed.gather_objects(error, ctx) if e]
+    outcome = None
+    if ctx.main:
+        try:
+            if failed:
+                raise SearchError(failed[0])
+            sides = merge_shards(work, ctx.world)
+            info = finish(work, sides, run, trained, collection, kind, t0, cache, progress)
+            final = versions / work.name[len(".building-"):]
+            os.replace(work, final)
+            publish(final, out)
+            outcome = info
+        except BaseException as e:
+            shutil.rmtree(work, ignore_errors=True)
+            distributed.share(failed[0] if failed else f"rank 0: {one_line(e)}", ctx)
+            raise
+    # The other ranks wait here (a broadcast is a barrier) for rank 0's index or its error.
+    outcome = distributed.share(outcome, ctx)
+    if isinstance(outcome, str):
+        raise SearchError(outcome)
+    return outcome
+
+
+def embed_sides(model, data, collection: Collection, progress: bool) -> dict[str, np.ndarray]:
+    """First-stage vectors of the collection's images (unless it is sentences) and captions (if any)."""
+    sides = {}
+    if collection.kind != "sentences":
+        sides["images"] = embed_all(model, data, "images", progress=progress)
+    if data.n_captions:
+        sides["captions"] = embed_all(model, data, "captions", progress=progress)
+    return sides
+
+
+def save_items(folder: Path, data, sides: dict, collection: Collection, model) -> None:
+    """The index's per-item files: ``items.json``, ``image_features.npy``, ``text_<name>.npy``."""
+    # The model's raw inputs: a pairwise model re-ranks candidates from them, and an indexed
+    # image is re-encoded from them as a query (the page's "best sentences" for an image).
+    if "images" in sides:
+        raw = data.features.dtype == np.uint8  # a pixels model's images stay uint8
+        np.save(folder / "image_features.npy", np.asarray(data.features, dtype=np.uint8 if raw else np.float16))
+    if model.pairwise:
+        for name, values in data.text_features.items():
+            np.save(folder / f"text_{name}.npy", np.asarray(values))
+    items = {"image_ids": list(data.split.image_ids) if "images" in sides else [],
+             "image_paths": [str(Path(p).resolve()) for p in data.split.image_paths]
+             if "images" in sides and data.split.image_paths else None,
+             "captions": list(data.split.captions),
+             "caption_image": data.caption_image.tolist() if collection.kind == "split" else
+             [-1] * data.n_captions}
+    (folder / "items.json").write_text(json.dumps(items))
+
+
+def merge_shards(work: Path, world: int) -> dict[str, np.ndarray]:
+    """Join the ranks' shares (``work/shard-<rank>``, from ``save_items`` plus ``vectors-<side>.npy``)
+    into ``work``'s per-item files, in rank order; returns the joined vectors; removes the shares."""
+    shards = [work / f"shard-{r}" for r in range(world)]
+    for r, shard in enumerate(shards):
+        if not (shard / "items.json").is_file():
+            raise SearchError(f"{shard}: rank {r}'s share is missing; a sharded build needs --out on a "
+                              "filesystem every rank sees")
+    parts = [json.loads((shard / "items.json").read_text()) for shard in shards]
+    # A share's captions point at its own images: shift them by the images of the shares before it.
+    offsets = np.cumsum([0] + [len(p["image_ids"]) for p in parts[:-1]])
+    caption_image = np.concatenate([np.asarray(p["caption_image"], dtype=np.int64) for p in parts])
+    caption_image += np.where(caption_image >= 0, np.repeat(offsets, [len(p["caption_image"]) for p in parts]), 0)
+    paths = [p["image_paths"] for p in parts]
+    items = {"image_ids": [i for p in parts for i in p["image_ids"]],
+             "image_paths": None if any(x is None for x in paths) else [x for p in paths for x in p],
+             "captions": [c for p in parts for c in p["captions"]], "caption_image": caption_image.tolist()}
+    (work / "items.json").write_text(json.dumps(items))
+    sides = {}
+    for name in sorted(f.name for f in shards[0].glob("*.npy")):
+        arrays = [np.load(shard / name, mmap_mode="r") for shard in shards]
+        if name.startswith("vectors-"):
+            sides[name[len("vectors-"):-len(".npy")]] = np.ascontiguousarray(np.concatenate(arrays))
+            continue
+        joined = np.lib.format.open_memmap(work / name, mode="w+", dtype=arrays[0].dtype,
+                                           shape=(sum(len(a) for a in arrays), *arrays[0].shape[1:]))
+        np.concatenate(arrays, out=joined)
+        joined.flush()
+        del joined, arrays
+    for shard in shards:
+        shutil.rmtree(shard)
+    return {side: sides[side] for side in ("images", "captions") if side in sides}
+
+
+def finish(work: Path, sides: dict[str, np.ndarray], run: Path, trained: TrainedRun, collection: Collection,
+           kind: str, t0: float, cache: Path, progress: bool = False) -> dict:
+    """Write the faiss indexes of ``sides`` and ``meta.json`` into ``work``; returns the meta."""
+    import faiss
+
+    model, meta = trained.model, trained.meta
+    kinds, bits = {}, None
+    for side, vectors in sides.items():
+        kinds[side] = choose_kind(len(vectors), kind)
+        faiss.write_index(make_faiss(vectors, kinds[side], metric=model.metric), str(work / f"{side}.faiss"))
+        codes = model.hash_codes(torch.from_numpy(vectors))
+        if codes is not None:
+            bits = int(codes.shape[1])
+            faiss.write_index_binary(make_binary(codes.numpy()), str(work / f"{side}.bin.faiss"))
+    info = {"format_version": FORMAT_VERSION, "run": str(run), "model": meta["model"],
+            "checkpoint_sha256": file_hash(run / "best.safetensors"), "pairwise": model.pairwise,
+            "extractor": meta["extractor"], "max_len": meta["max_len"], "image_input": model.inputs.image,
+            "collection": {"kind": collection.kind, "source": collection.source, "split": collection.split},
+            "counts": {side: len(v) for side, v in sides.items()},
+            "dim": int(next(iter(sides.values())).shape[1]), "index_kinds": kinds,
+            "metric": model.metric, "binary_bits": bits,
+            "match_levels": run_match_levels(trained, cache, progress),
+            "build_seconds": time.perf_counter() - t0, "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+    (work / "meta.json").write_text(json.dumps(info, indent=1))
+    shutil.rmtree(work / "extract", ignore_errors=True)
+    shutil.rmtree(work / "text", ignore_errors=True)
     return info
 
 
