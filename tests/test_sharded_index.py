@@ -70,11 +70,12 @@ def test_two_processes_build_the_one_process_index(collection, vsepp_index, imag
     assert two.is_symlink() and not list(Path(f"{two}.versions").glob(".building-*"))
     assert [p.name for p in two.resolve().iterdir() if p.name.startswith("shard-")] == []
     meta_one, meta_two = (json.loads((i / "meta.json").read_text()) for i in (one, two))
-    for key in ("counts", "index_kinds", "dim", "collection", "checkpoint_sha256", "extractor"):
+    for key in ("counts", "index_kinds", "dim", "collection", "checkpoint_sha256", "extractor", "match_levels"):
         assert meta_two[key] == meta_one[key], key
     assert meta_two["counts"]["images"] == 60
     if collection == "split":  # each rank extracted its own share into the cache, none the whole split
-        names = sorted(f.name for f in (tmp_path / "cache-two").rglob("pooled/*_ims.npy"))
+        # (dev_ims.npy too: rank 0 measures the run's match levels on its dev split)
+        names = sorted(f.name for f in (tmp_path / "cache-two").rglob("pooled/test*_ims.npy"))
         assert names == ["test-rows0-32_ims.npy", "test-rows32-60_ims.npy"], names
     assert json.loads((two / "items.json").read_text()) == json.loads((one / "items.json").read_text())
     np.testing.assert_array_equal(np.load(two / "image_features.npy"), np.load(one / "image_features.npy"))
