@@ -1,10 +1,12 @@
-"""Load test of ``xmr serve`` on loopback: a fixed number of concurrent clients send text queries
-for a fixed time, then everything stops. Reports requests/s, latency p50/p99 and the error count.
-The server is a separate ``xmr serve`` process on 127.0.0.1 (a free port). Writes
+"""Load test of ``xmr serve`` on loopback, unbatched against micro-batched: for each path a fixed
+number of concurrent clients send text queries for a fixed time, then everything stops. Reports
+requests/s, latency p50/p99 and the error count of each path and the batched/unbatched throughput
+ratio. Each path is a separate ``xmr serve`` process on 127.0.0.1 (a free port): the unbatched one
+with ``--batch-window-ms 0``, the batched one with ``--batch-window-ms`` (default 5). Writes
 results/serve-load.json.
 
-    .venv/bin/xmr index build runs/vsepp-f8k-sweep/bert --data flickr8k --split test --out runs/f8k-test-index
-    .venv/bin/python benchmarks/serve_load.py runs/f8k-test-index [--clients 8 --seconds 20]
+    .venv/bin/xmr index build pretrained --data flickr8k --split test --out runs/f8k-test-index
+    .venv/bin/python benchmarks/serve_load.py runs/f8k-test-index [--clients 8 --seconds 10 --threads 2]
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import httpx
 import numpy as np
 
 from xmr.machine import machine_info
+from xmr.search.batching import WINDOW_MS
 
 QUERIES = ["a dog runs on the beach", "two children play in the snow", "a man rides a bicycle",
            "a woman in a red dress", "people walk down a city street", "a black dog jumps over a log",
@@ -33,16 +36,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("index")
-    p.add_argument("--clients", type=int, default=8)
-    p.add_argument("--seconds", type=float, default=20.0)
-    p.add_argument("--k", type=int, default=10)
-    p.add_argument("--out", default="results/serve-load.json")
-    args = p.parse_args()
+def load(index: str, window_ms: float, threads: int, clients: int, seconds: float, k: int) -> dict:
+    """Start ``xmr serve INDEX --batch-window-ms window_ms``, load it, stop it; the measurements."""
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "xmr", "serve", args.index, "--port", str(port)],
+    server = subprocess.Popen([sys.executable, "-m", "xmr", "serve", index, "--port", str(port),
+                               "--batch-window-ms", str(window_ms), "--threads", str(threads)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -59,7 +57,7 @@ def main() -> None:
         latencies: list[float] = []
         errors: list[str] = []
         lock = threading.Lock()
-        stop_at = time.monotonic() + args.seconds
+        stop_at = time.monotonic() + seconds
 
         def client(i: int) -> None:
             with httpx.Client(base_url=base, timeout=30) as c:
@@ -67,8 +65,8 @@ def main() -> None:
                 while time.monotonic() < stop_at:
                     t0 = time.perf_counter()
                     try:
-                        r = c.get("/api/search", params={"q": QUERIES[n % len(QUERIES)], "k": args.k})
-                        ok = r.status_code == 200 and len(r.json()["results"]) == args.k
+                        r = c.get("/api/search", params={"q": QUERIES[n % len(QUERIES)], "k": k})
+                        ok = r.status_code == 200 and len(r.json()["results"]) == k
                         why = None if ok else f"HTTP {r.status_code}"
                     except httpx.HTTPError as e:
                         why = repr(e)
@@ -79,24 +77,42 @@ def main() -> None:
                     n += 1
 
         t0 = time.perf_counter()
-        threads = [threading.Thread(target=client, args=(i,)) for i in range(args.clients)]
-        for t in threads:
+        workers = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+        for t in workers:
             t.start()
-        for t in threads:
+        for t in workers:
             t.join()
         wall = time.perf_counter() - t0
     finally:
         server.terminate()
         server.wait(30)
     lat = np.array(latencies) * 1e3
-    result = {"index": args.index, "clients": args.clients, "seconds": wall, "requests": len(lat),
-              "requests_per_s": len(lat) / wall, "p50_ms": float(np.percentile(lat, 50)),
-              "p99_ms": float(np.percentile(lat, 99)), "errors": len(errors), "first_errors": errors[:5]}
-    print(json.dumps(result))
-    Path(args.out).write_text(json.dumps({"command": f"python benchmarks/serve_load.py {args.index} --clients "
-                                          f"{args.clients} --seconds {args.seconds:g}", "machine": machine_info(),
+    return {"batch_window_ms": window_ms, "server_threads": threads, "clients": clients, "seconds": wall,
+            "requests": len(lat), "requests_per_s": len(lat) / wall, "p50_ms": float(np.percentile(lat, 50)),
+            "p99_ms": float(np.percentile(lat, 99)), "errors": len(errors), "first_errors": errors[:5]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("index")
+    p.add_argument("--clients", type=int, default=8)
+    p.add_argument("--seconds", type=float, default=10.0, help="load time per path")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--threads", type=int, default=2, help="the server's torch CPU threads")
+    p.add_argument("--batch-window-ms", type=float, default=WINDOW_MS, help="the batched path's window")
+    p.add_argument("--out", default="results/serve-load.json")
+    args = p.parse_args()
+    results = {}
+    for name, window in (("unbatched", 0.0), ("batched", args.batch_window_ms)):
+        results[name] = load(args.index, window, args.threads, args.clients, args.seconds, args.k)
+        print(name, json.dumps(results[name]))
+    speedup = results["batched"]["requests_per_s"] / results["unbatched"]["requests_per_s"]
+    print(f"batched / unbatched throughput: {speedup:.2f}x")
+    command = (f"python benchmarks/serve_load.py {args.index} --clients {args.clients} --seconds {args.seconds:g} "
+               f"--threads {args.threads} --batch-window-ms {args.batch_window_ms:g}")
+    Path(args.out).write_text(json.dumps({"command": command, "machine": machine_info(),
                                           "meta": json.loads((Path(args.index) / "meta.json").read_text()),
-                                          "result": result}, indent=1))
+                                          "results": results, "batched_speedup": speedup}, indent=1))
 
 
 if __name__ == "__main__":

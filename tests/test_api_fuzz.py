@@ -112,18 +112,19 @@ def test_missing_or_corrupt_indexed_image_is_404(tiny_index, tmp_path):
         assert r.status_code == 404 and "image file unavailable" in r.json()["detail"], r.text
 
 
-def test_model_work_does_not_block_the_event_loop(app, monkeypatch):
+@pytest.mark.parametrize("window_ms", [0, 5])  # unbatched, micro-batched
+def test_model_work_does_not_block_the_event_loop(tiny_index, monkeypatch, window_ms):
     searcher_calls = []
 
-    def slow_search(image, k=10, binary=False):
+    def slow_search(images, k=10, binary=False):
         searcher_calls.append(1)
         time.sleep(1.0)  # stands for the CNN
-        return []
+        return [[] for _ in images]
 
-    # The endpoint's searcher is the one the app was built with; patch it through the closure's object.
-    route = next(r for r in app.routes if getattr(r, "path", "") == "/api/search/image")
-    searcher = next(c.cell_contents for c in route.endpoint.__closure__ if isinstance(c.cell_contents, Searcher))
-    monkeypatch.setattr(searcher, "search_image", slow_search)
+    searcher = Searcher(tiny_index[1])
+    monkeypatch.setattr(searcher, "search_images", slow_search)
+    monkeypatch.setattr(searcher, "search_image", lambda image, k=10, binary=False: slow_search([image])[0])
+    app = create_app(searcher, batch_window_ms=window_ms)
     png = io.BytesIO()
     from PIL import Image
 

@@ -323,7 +323,7 @@ def cmd_search(args) -> int:
 def cmd_serve(args) -> int:
     from xmr.search.server import serve
 
-    serve(args.index, args.host, args.port)
+    serve(args.index, args.host, args.port, args.batch_window_ms)
     return 0
 
 
@@ -450,9 +450,15 @@ def _search_options(se: argparse.ArgumentParser) -> None:
 
 
 def _serve_options(sv: argparse.ArgumentParser) -> None:
+    from xmr.search.batching import MAX_BATCH, WINDOW_MS
+
     sv.add_argument("index")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--batch-window-ms", type=float, default=WINDOW_MS,
+                    help=f"micro-batching: text and image queries arriving within this many ms (at most "
+                         f"{MAX_BATCH}) are encoded and searched together, with the same answers; 0 searches "
+                         f"each request alone (default {WINDOW_MS:g})")
 
 
 def _export_options(x: argparse.ArgumentParser) -> None:

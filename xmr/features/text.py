@@ -27,12 +27,13 @@ def check_tail_layers(tail_layers: int) -> int:
     return int(tail_layers)
 
 
-def bert_encode(captions: list[str], tokenizer, model, max_len: int = 32,
-                tail_layers: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def bert_encode(captions: list[str], tokenizer, model, max_len: int = 32, tail_layers: int = 0,
+                padding: str = "max_length") -> tuple[np.ndarray, np.ndarray]:
     """fp16 token states (N, max_len, 384) and bool masks (N, max_len) of a few captions: the final
-    layer's, or with ``tail_layers=k`` those entering the last ``k`` layers (layer ``6 - k``'s output)."""
+    layer's, or with ``tail_layers=k`` those entering the last ``k`` layers (layer ``6 - k``'s output).
+    ``padding="longest"``: only as wide as the longest caption (still truncated at ``max_len``)."""
     check_tail_layers(tail_layers)
-    enc = tokenizer(captions, padding="max_length", truncation=True, max_length=max_len, return_tensors="pt")
+    enc = tokenizer(captions, padding=padding, truncation=True, max_length=max_len, return_tensors="pt")
     with torch.no_grad():
         if tail_layers:  # hidden_states[j] is layer j's output, [0] the embeddings
             hidden = model(**enc, output_hidden_states=True).hidden_states[BERT_LAYERS - tail_layers]

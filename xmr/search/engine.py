@@ -8,6 +8,12 @@ evaluation's retriever (``xmr.eval.two_step.rerank``), so search and ``xmr eval 
 alike. Queries are
 validated here, so the CLI and the HTTP API give the same clear errors.
 
+``search_texts`` / ``search_images`` answer many queries at once (the server's micro-batches,
+``xmr.search.batching``): one encoder pass over all of them, one faiss search with every query
+vector, a pairwise model's re-rank per query; each query's hits equal those of ``search_text`` /
+``search_image`` alone (which are one-query calls of them), as every model's text encoder
+ignores padding (packed GRUs, masked attention and pooling).
+
 Each hit also carries ``match`` (``strong`` / ``weak`` / ``none``): its first-stage score against
 what top hits score on the model's own dev split (``xmr.search.calibration``), so a person can
 tell a real match from the best of an unrelated collection; Hamming search and an index built
@@ -134,21 +140,25 @@ class Searcher:
             else:
                 from xmr.features.text import bert_encode
 
-                # the layer the model reads (Inputs.bert_tail), as it was trained on
-                states, mask = bert_encode(captions, *self._bert, tail_layers=self.model.inputs.bert_tail)
+                # the layer the model reads (Inputs.bert_tail), as it was trained on; padded only to
+                # the longest query, not max_len: masked padding changes no state, and costs MiniLM time
+                states, mask = bert_encode(captions, *self._bert, tail_layers=self.model.inputs.bert_tail,
+                                           padding="longest")
             batch["bert"], batch["bert_mask"] = torch.from_numpy(np.asarray(states)), torch.from_numpy(np.asarray(mask))
         return batch
 
-    def image_batch_from_pil(self, image) -> dict:
+    def image_batch_from_pil(self, images: list) -> dict:
+        """Model inputs of PIL images: resized pixels, or the extractor's grid / pooled features."""
         from xmr.features.image import image_features
 
         if self.meta["image_input"] == "pixels":  # a model with its own CNN reads the resized image
             from xmr.features.pixels import resized_pixels
 
-            return {"image": torch.from_numpy(resized_pixels(image, self.model.inputs.pixels)[None].copy())}
+            size = self.model.inputs.pixels
+            return {"image": torch.from_numpy(np.stack([resized_pixels(im, size) for im in images]))}
 
         backbone, resolution = self._backbone
-        grid = image_features([image], backbone, resolution)
+        grid = image_features(images, backbone, resolution)
         return {"image": grid if self.meta["image_input"] == "regions" else grid.mean(1)}
 
     def image_batch_stored(self, idx: np.ndarray) -> dict:
@@ -175,7 +185,8 @@ class Searcher:
 
     # ------------------------------------------------------------------ search
     @torch.no_grad()
-    def _search(self, query_reps: dict, side: str, k: int, candidate_batch, binary: bool = False) -> list[Hit]:
+    def _search(self, query_reps: dict, side: str, k: int, candidate_batch, binary: bool = False) -> list[list[Hit]]:
+        """The top ``k`` of ``side`` for each query encoded in ``query_reps`` (one faiss search for all)."""
         emb = self.model.embed(query_reps).float()
         depth = min(self.indexes[side].ntotal, max(k, self.shortlist if self.model.pairwise else k))
         if binary:
@@ -188,17 +199,24 @@ class Searcher:
             first, idx = self.indexes[side].search(np.ascontiguousarray(emb.numpy(), dtype=np.float32), depth)
             if self.meta.get("metric", "ip") == "l2":  # faiss gives squared distances: higher score = closer
                 first = -first
-        keep = idx[0] >= 0
-        first, idx = first[0][keep], idx[0][keep]
-        scores = first
-        if self.model.pairwise and len(idx):  # re-rank the shortlist with the pair score
-            encode = self.model.encode_images if side == "images" else self.model.encode_texts
-            scores = rerank(self.model, query_reps, encode(candidate_batch(idx)), torch.zeros(1, dtype=torch.long),
-                            torch.arange(len(idx))[None], query_is_image=(side == "captions"))[0].numpy()
-        order = np.argsort(-scores, kind="stable")[:k]
         levels = None if binary else (self.meta.get("match_levels") or {}).get(side)
+        answers = []
+        for q, (q_first, q_idx) in enumerate(zip(first, idx)):
+            keep = q_idx >= 0
+            q_first, q_idx = q_first[keep], q_idx[keep]
+            scores = q_first
+            if self.model.pairwise and len(q_idx):  # re-rank the query's shortlist with the pair score
+                encode = self.model.encode_images if side == "images" else self.model.encode_texts
+                scores = rerank(self.model, query_reps, encode(candidate_batch(q_idx)), torch.tensor([q]),
+                                torch.arange(len(q_idx))[None], query_is_image=(side == "captions"))[0].numpy()
+            answers.append(self._hits(side, scores, q_first, q_idx, k, levels))
+        return answers
+
+    def _hits(self, side: str, scores: np.ndarray, first: np.ndarray, idx: np.ndarray, k: int,
+              levels: dict | None) -> list[Hit]:
+        """One query's top ``k`` by ``scores`` as hits (``first``: first-stage scores, ``idx``: rows of ``side``)."""
         hits = []
-        for rank, o in enumerate(order, 1):
+        for rank, o in enumerate(np.argsort(-scores, kind="stable")[:k], 1):
             hit = Hit(rank, float(scores[o]), first_stage_score=float(first[o]) if self.model.pairwise else None,
                       match=verdict(float(first[o]), levels) if levels else None)
             if side == "images":
@@ -211,24 +229,37 @@ class Searcher:
             hits.append(hit)
         return hits
 
-    def search_text(self, query: str, k: int = 10, binary: bool = False) -> list[Hit]:
-        """Images for a sentence (``binary``: by Hamming distance of hash codes)."""
-        query, k = self.check_query(query), self.check_k(k)
+    def search_texts(self, queries: list[str], k: int = 10, binary: bool = False) -> list[list[Hit]]:
+        """Images for each of several sentences, encoded together (``binary``: by Hamming distance
+        of hash codes); each answer equals ``search_text`` of that sentence alone."""
+        queries, k = [self.check_query(q) for q in queries], self.check_k(k)
         self.need("images")
         self.model.eval()
         with torch.no_grad():
-            reps = self.model.encode_texts(self.text_batch([query]))
+            reps = self.model.encode_texts(self.text_batch(queries))
         return self._search(reps, "images", k, self.image_batch_stored, binary)
 
-    def search_image(self, image, k: int = 10, binary: bool = False) -> list[Hit]:
-        """Sentences for a PIL image."""
+    def search_text(self, query: str, k: int = 10, binary: bool = False) -> list[Hit]:
+        """Images for a sentence (``binary``: by Hamming distance of hash codes)."""
+        return self.search_texts([query], k, binary)[0]
+
+    def search_images(self, images: list, k: int = 10, binary: bool = False) -> list[list[Hit]]:
+        """Sentences for each of several PIL images, encoded together; each answer equals
+        ``search_image`` of that image alone."""
         k = self.check_k(k)
         self.need("captions")
         self.model.eval()
         with torch.no_grad():
-            reps = self.model.encode_images(self.image_batch_from_pil(image))
+            reps = self.model.encode_images(self.image_batch_from_pil(images))
+        return self._search(reps, "captions", k, self._stored_captions, binary)
+
+    def search_image(self, image, k: int = 10, binary: bool = False) -> list[Hit]:
+        """Sentences for a PIL image."""
+        return self.search_images([image], k, binary)[0]
+
+    def _stored_captions(self, idx: np.ndarray) -> dict:
         captions = self.items["captions"]
-        return self._search(reps, "captions", k, lambda idx: self.text_batch([captions[i] for i in idx], idx), binary)
+        return self.text_batch([captions[i] for i in idx], idx)
 
     def sentences_for_item(self, image_id: str, k: int = 5) -> list[Hit]:
         """Best sentences in the index for one of its own images (stored features)."""
@@ -238,8 +269,7 @@ class Searcher:
         self.model.eval()
         with torch.no_grad():
             reps = self.model.encode_images(self.image_batch_stored(np.array([i])))
-        captions = self.items["captions"]
-        return self._search(reps, "captions", k, lambda idx: self.text_batch([captions[j] for j in idx], idx))
+        return self._search(reps, "captions", k, self._stored_captions)[0]
 
     def image_index(self, image_id: str) -> int:
         if image_id not in self.image_of:

@@ -17,10 +17,17 @@ Endpoints (all answers JSON unless noted; errors are 4xx with ``{"detail": messa
 Every status an endpoint can answer is declared in the OpenAPI spec (``/openapi.json``) and the
 suite fuzzes the API against it (``tests/test_api_fuzz.py``). Model work (text and image encoding,
 re-ranking, image decoding) runs in a worker thread, never on the event loop.
+
+Text and image searches are micro-batched (``xmr.search.batching``): queries that arrive within
+``batch_window_ms`` (``xmr serve --batch-window-ms``, default 5; at most 32 a batch) are encoded in
+one pass and searched together by one worker thread, with answers identical to one-at-a-time
+search. ``batch_window_ms=0`` is the unbatched path: each request searches alone in the thread
+pool. Queries are checked before they are batched, so a bad one gets its 400 alone.
 """
 from __future__ import annotations
 
 import io
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, File, Form, HTTPException, Query, UploadFile
@@ -30,6 +37,7 @@ from PIL import Image, UnidentifiedImageError
 
 from xmr.data.base import DataError
 from xmr.data.images import MAX_PIXELS
+from xmr.search.batching import WINDOW_MS, MicroBatcher
 from xmr.search.engine import MAX_K, MAX_QUERY_CHARS, Searcher
 from xmr.search.index import SearchError
 
@@ -65,18 +73,49 @@ def decode_upload(data: bytes, filename: str):
         raise HTTPException(415, f"{filename} is not a readable image ({e.__class__.__name__})") from e
 
 
-def create_app(searcher: Searcher) -> FastAPI:
-    app = FastAPI(title="xmr search", description=__doc__)
+@contextmanager
+def http_errors():
+    """The engine's errors as HTTP errors: bad query 400, unknown or unavailable image 404."""
+    try:
+        yield
+    except SearchError as e:
+        raise HTTPException(400, str(e)) from e
+    except KeyError as e:
+        raise HTTPException(404, e.args[0]) from e
+    except DataError as e:  # an indexed image file that is gone or corrupt
+        raise HTTPException(404, f"image file unavailable: {e}") from e
 
-    def guard(fn, *args):
-        try:
-            return fn(*args)
-        except SearchError as e:
-            raise HTTPException(400, str(e)) from e
-        except KeyError as e:
-            raise HTTPException(404, e.args[0]) from e
-        except DataError as e:  # an indexed image file that is gone or corrupt
-            raise HTTPException(404, f"image file unavailable: {e}") from e
+
+def guard(fn, *args):
+    with http_errors():
+        return fn(*args)
+
+
+def create_app(searcher: Searcher, batch_window_ms: float = WINDOW_MS) -> FastAPI:
+    """The API over ``searcher``; ``batch_window_ms`` > 0 micro-batches searches, 0 searches each alone."""
+    if batch_window_ms < 0:
+        raise ValueError(f"batch_window_ms must be >= 0, got {batch_window_ms}")
+    batcher = MicroBatcher({"text": searcher.search_texts, "image": searcher.search_images},
+                           batch_window_ms / 1e3) if batch_window_ms else None
+    unbatched = {"text": searcher.search_text, "image": searcher.search_image}
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        if batcher is not None:
+            batcher.start()
+        yield
+        if batcher is not None:
+            batcher.stop()
+
+    app = FastAPI(title="xmr search", description=__doc__, lifespan=lifespan)
+
+    async def run_search(kind: str, query, k: int, binary: bool) -> list:
+        if batcher is None:
+            return await run_in_threadpool(guard, unbatched[kind], query, k, binary)
+        with http_errors():
+            # checked here, so that the batch holds only queries that can be searched
+            query = searcher.check_query(query) if kind == "text" else query
+            return await batcher.search(kind, query, searcher.check_k(k), binary)
 
     @app.get("/api/health", responses=_errors(422))
     def health() -> dict:
@@ -87,11 +126,11 @@ def create_app(searcher: Searcher) -> FastAPI:
                 "limits": {"k": [1, MAX_K], "query_chars": MAX_QUERY_CHARS, "upload_bytes": MAX_UPLOAD_BYTES}}
 
     @app.get("/api/search", responses=_errors(400, 422))
-    def search(q: str = Query(..., description="the sentence", min_length=1, max_length=MAX_QUERY_CHARS,
-                              pattern=r"\S"),
-               k: int = Query(10, ge=1, le=MAX_K),
-               binary: bool = Query(False, description="Hamming search on hash codes")) -> dict:
-        hits = guard(searcher.search_text, q, k, binary)
+    async def search(q: str = Query(..., description="the sentence", min_length=1, max_length=MAX_QUERY_CHARS,
+                                    pattern=r"\S"),
+                     k: int = Query(10, ge=1, le=MAX_K),
+                     binary: bool = Query(False, description="Hamming search on hash codes")) -> dict:
+        hits = await run_search("text", q, k, binary)
         return {"query": q, "k": k, "binary": binary, "match": _top_match(hits), "results": [h.as_dict() for h in hits]}
 
     @app.post("/api/search/image", responses=_errors(400, 413, 415, 422))
@@ -104,7 +143,7 @@ def create_app(searcher: Searcher) -> FastAPI:
             raise HTTPException(400, "empty upload")
         # Decoding and the CNN run in a worker thread: the event loop keeps answering other requests.
         image = await run_in_threadpool(decode_upload, data, file.filename or "upload")
-        hits = await run_in_threadpool(guard, searcher.search_image, image, k, binary)
+        hits = await run_search("image", image, k, binary)
         return {"k": k, "binary": binary, "match": _top_match(hits), "results": [h.as_dict() for h in hits]}
 
     @app.get("/api/items/{image_id:path}", responses=_errors(400, 404, 422))
@@ -138,9 +177,10 @@ def create_app(searcher: Searcher) -> FastAPI:
     return app
 
 
-def serve(index: str | Path, host: str = "127.0.0.1", port: int = 8000) -> None:
+def serve(index: str | Path, host: str = "127.0.0.1", port: int = 8000,
+          batch_window_ms: float = WINDOW_MS) -> None:
     import uvicorn
 
     searcher = Searcher(index)
     searcher.warm_up()
-    uvicorn.run(create_app(searcher), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(searcher, batch_window_ms), host=host, port=port, log_level="info")
