@@ -15,6 +15,8 @@
 #   lite2-mean    lite2 with the BiGRU replaced by a linear map of the mean-pooled MiniLM states
 #                 (MiniLM's own sentence embedding), text_pool=mean
 #   lite2-grumean lite2 with that projection added to the BiGRU's vector, text_pool=gru+mean
+#   lite2-maxmean lite2-mean with the image side max-pooled: every 9x9 grid cell projected, then the
+#                 element-wise max (image_pool=max, VSE-infinity's finding), instead of the mean cell
 #   lite2-mean30  lite2-mean for 30 epochs, the learning rate divided by 10 after 20 (its epochs
 #                 take seconds, not minutes)
 # and VSE++'s fine-tuning ("FT"), started from a finished frozen-feature run as the paper does
@@ -50,6 +52,8 @@ for lever in $LEVERS; do
     bert) train bert cpu-bert efficientnet-lite0-224 $BUDGET ;;
     lite2) train lite2 cpu-bert efficientnet-lite2-260 $BUDGET ;;
     lite2-mean) train lite2-mean cpu-bert efficientnet-lite2-260 $BUDGET --set text_pool=mean ;;
+    lite2-maxmean) train lite2-maxmean cpu-bert efficientnet-lite2-260 $BUDGET --set text_pool=mean \
+      --set image_pool=max ;;
     lite2-mean30) train lite2-mean30 cpu-bert efficientnet-lite2-260 --set epochs=30 --set lr_decay_epochs=[20] \
       --set text_pool=mean ;;
     lite2-grumean) train lite2-grumean cpu-bert efficientnet-lite2-260 $BUDGET --set text_pool=gru+mean ;;

@@ -167,32 +167,3 @@ def test_tail_run_starts_from_a_frozen_state_run_and_resumes(tmp_path):
     rows = [json.loads(r) for r in (tmp_path / "ft" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1] and np.isfinite(rows[-1]["train_loss"])
 
-
-@pytest.mark.parametrize("pool", ["mean", "gru+mean"])
-def test_text_pool_reads_the_mean_of_minilm_states(pool):
-    """``text_pool="mean"``: a linear map of the masked mean of the states (padding ignored);
-    ``"gru+mean"`` adds it to the GRU's vector."""
-    from xmr.interface import BERT_DIM
-    from xmr.models.vsepp import VSEPP
-
-    torch.manual_seed(0)
-    model = VSEPP(vocab_size=10, image_dim=8, embed_dim=16, text_input="bert", text_pool=pool).eval()
-    states, mask = torch.randn(3, 5, BERT_DIM), torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]).bool()
-    emb = model.encode_texts({"bert": states, "bert_mask": mask})["emb"]
-    assert emb.shape == (3, 16) and torch.allclose(emb.norm(dim=1), torch.ones(3))
-    padded = states.clone()
-    padded[~mask] = 1e3  # what padding positions hold must not matter
-    assert torch.allclose(model.encode_texts({"bert": padded, "bert_mask": mask})["emb"], emb, atol=1e-5)
-    if pool == "mean":
-        mean = (states * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
-        assert model.text is None
-        assert torch.allclose(emb, torch.nn.functional.normalize(model.text_mean(mean), dim=-1), atol=1e-6)
-
-
-def test_text_pool_bad_values_are_named():
-    from xmr.models.vsepp import VSEPP
-
-    with pytest.raises(ValueError, match="text_pool must be"):
-        VSEPP(vocab_size=10, image_dim=8, text_input="bert", text_pool="max")
-    with pytest.raises(ValueError, match="needs text_input='bert'"):
-        VSEPP(vocab_size=10, image_dim=8, text_pool="mean")

@@ -10,6 +10,9 @@ embeddings (an xmr option, not in the paper: a pretrained stand-in for the word 
 (``text_tail.py``) at ``text_tail_lr_scale`` times the learning rate, the text side's "FT";
 ``text_pool="mean"`` replaces the GRU by a linear projection of the mean of the MiniLM states
 (how MiniLM itself embeds a sentence), ``"gru+mean"`` adds that projection to the GRU's vector.
+``image_pool="max"`` projects every grid cell and takes the element-wise max over cells, instead
+of projecting their mean (VSE-infinity, Chen et al. 2021: max pooling of projected grid features
+beats average pooling, the simplest case of its learned pooling operator).
 Similarity: cosine (dot product of unit vectors). Loss: Eq. 5, hinge triplet with the hardest
 negative in the batch (MH), margin 0.2; Eq. 4 (sum of violations, SH) for ``warmup_epochs``.
 """
@@ -82,10 +85,12 @@ class VSEPP(RetrievalModel):
                  dropout: float = 0.0, text_input: str = "words", word_init: np.ndarray | None = None,
                  image_input: str = "pooled", backbone: str = "efficientnet-lite0", tail_blocks: int = 2,
                  tail_lr_scale: float = 1.0, resolution: int = 224, text_tail_layers: int = 0,
-                 text_tail_lr_scale: float = 0.1, text_pool: str = "gru"):
+                 text_tail_lr_scale: float = 0.1, text_pool: str = "gru", image_pool: str = "mean"):
         super().__init__()
         self.inputs = self.inputs_for(text_input=text_input, image_input=image_input, resolution=resolution,
-                                      text_tail_layers=text_tail_layers, text_pool=text_pool)
+                                      text_tail_layers=text_tail_layers, text_pool=text_pool,
+                                      image_pool=image_pool)
+        self.image_pool = image_pool
         self.text_input = text_input
         self.drop = nn.Dropout(dropout)  # not in the paper; regularises small training sets
         self.tail = (ImageTail(backbone, tail_blocks, from_pixels=image_input == "pixels")
@@ -117,6 +122,8 @@ class VSEPP(RetrievalModel):
         feats = batch["image"]
         if self.tail is not None:
             feats = self.tail(feats)
+        if feats.dim() == 3 and self.image_pool == "max":  # each grid cell projected, then the max
+            return {"emb": F.normalize(self.image_fc(self.drop(feats)).amax(1), dim=-1)}
         if feats.dim() == 3:
             feats = feats.mean(1)
         return {"emb": F.normalize(self.image_fc(self.drop(feats)), dim=-1)}
@@ -137,7 +144,7 @@ class VSEPP(RetrievalModel):
 
     @classmethod
     def inputs_for(cls, text_input: str = "words", image_input: str = "pooled", resolution: int = 224,
-                   text_tail_layers: int = 0, text_pool: str = "gru", **_) -> Inputs:
+                   text_tail_layers: int = 0, text_pool: str = "gru", image_pool: str = "mean", **_) -> Inputs:
         if text_input not in ("words", "bert"):
             raise ValueError(f"text_input must be 'words' or 'bert', not {text_input!r}")
         if text_pool not in ("gru", "mean", "gru+mean"):
@@ -151,6 +158,10 @@ class VSEPP(RetrievalModel):
             raise ValueError(f"text_tail_layers={text_tail_layers} fine-tunes MiniLM: it needs text_input='bert'")
         if image_input not in ("pooled", "trunk", "pixels"):
             raise ValueError(f"image_input must be 'pooled', 'trunk' or 'pixels', not {image_input!r}")
+        if image_pool not in ("mean", "max"):
+            raise ValueError(f"image_pool must be 'mean' or 'max', not {image_pool!r}")
+        if image_pool == "max" and image_input == "pooled":
+            image_input = "regions"  # max pooling needs the grid cells, not their mean
         return Inputs(image=image_input, text=("tokens", "bert") if text_input == "bert" else ("tokens",),
                       pixels=resolution if image_input == "pixels" else 0, bert_tail=text_tail_layers)
 
