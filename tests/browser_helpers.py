@@ -83,8 +83,10 @@ def search_and_open_first(driver, base_url: str, query: str, timeout: float = 60
                              for im in d.find_elements(By.CSS_SELECTOR, ".hit img")))
     hits = driver.find_elements(By.CSS_SELECTOR, ".hit")
     first = hits[0].get_attribute("data-id")
+    tags = [t.text for t in driver.find_elements(By.CSS_SELECTOR, ".hit .match")]
+    verdict = driver.find_element(By.ID, "verdict").text
     hits[0].click()
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#sentences li"))
-    return {"results": len(hits), "first": first,
+    return {"results": len(hits), "first": first, "match_tags": tags, "verdict": verdict,
             "sentences": [li.text for li in driver.find_elements(By.CSS_SELECTOR, "#sentences li")],
             "error": driver.find_element(By.ID, "error").text}

@@ -21,6 +21,11 @@ def test_page_query_results_and_sentences(vsepp_index, tmp_path):
         seen = search_and_open_first(driver, url, "a red circle")
         driver.save_screenshot(str(tmp_path / "page.png"))
     assert seen["results"] == 12 and not seen["error"]  # the page asks for k = 12
-    assert seen["first"] == searcher.search_text("a red circle", k=1)[0].image_id
+    top = searcher.search_text("a red circle", k=12)
+    assert seen["first"] == top[0].image_id
+    # every result shows its match verdict, and the line above the grid the top one's
+    words = {"strong": "good match", "weak": "weak match", "none": "no real match"}
+    assert seen["match_tags"] == [words[h.match] for h in top]
+    assert seen["verdict"] and (("Nothing here seems to match" in seen["verdict"]) == (top[0].match == "none"))
     assert len(seen["sentences"]) == 5 and all(seen["sentences"])
     assert os.path.getsize(tmp_path / "page.png") > 10_000
