@@ -6,6 +6,7 @@
 #
 #   bash experiments/vsepp_flickr8k.sh              # features, the default levers, test of the chosen one
 #   LEVERS="bert ft1-crop" bash experiments/vsepp_flickr8k.sh   # a subset
+#   LEVERS="lite2-mean@s1" bash experiments/vsepp_flickr8k.sh   # a lever with seed 1 (run <lever>-s1)
 #
 # Levers (all read frozen MiniLM token states through a BiGRU, preset cpu-bert, 8 epochs with the
 # learning rate divided by 10 after 5, unless named):
@@ -38,15 +39,17 @@ OUT=results/vsepp-flickr8k
 LEVERS=${LEVERS:-"bert ft1-crop lite2"}
 mkdir -p "$OUT" "$RUNS"
 
-train() {  # name, preset, extractor, then any --set KEY=VALUE overrides
-  local name=$1 preset=$2 extractor=$3; shift 3
+train() {  # name, preset, extractor, then any --set KEY=VALUE overrides (seed: the lever's @sN)
+  local name=$1$SUFFIX preset=$2 extractor=$3; shift 3
   $XMR features flickr8k --extractor "$extractor" --threads "${THREADS:-2}" > /dev/null
   $XMR train --model vsepp --preset "$preset" --data flickr8k --extractor "$extractor" --out "$RUNS/$name" \
-    --threads "${THREADS:-2}" --quiet --resume "$@" >> "$RUNS/$name.log" 2>&1
+    --seed "$SEED" --threads "${THREADS:-2}" --quiet --resume "$@" >> "$RUNS/$name.log" 2>&1
 }
 BUDGET="--set epochs=8 --set lr_decay_epochs=[5]"
 FT="--set image_input=trunk --set tail_blocks=1 --set warmup_epochs=0 --set epochs=3 --set lr=5e-5 --set lr_decay_epochs=[]"
 for lever in $LEVERS; do
+  SEED=0 SUFFIX=""
+  if [[ $lever == *@s* ]]; then SEED=${lever##*@s} SUFFIX="-s$SEED" lever=${lever%@s*}; fi
   case $lever in
     base) train base cpu efficientnet-lite0-224 $BUDGET ;;
     bert) train bert cpu-bert efficientnet-lite0-224 $BUDGET ;;
