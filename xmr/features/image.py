@@ -13,12 +13,22 @@ activations entering the network's last ``TAIL_BLOCKS`` blocks, from which a mod
 the top of the CNN without running its frozen lower part (``xmr/models/image_tail.py``). Each
 folder has ``{split}_caps.txt`` and ``{split}_ids.txt``. Extraction is resumable: rows are
 written into ``*.partial`` memmaps and the count of finished rows is saved after every batch.
+
+Two runtimes run the network (``RUNTIMES``): ``torch``, the traced and frozen TorchScript module,
+and ``onnx``, the same network on ONNX Runtime (``xmr/features/onnx_runtime.py``), ~3x as fast on
+this CPU, its features equal to the torch ones within ``TOLERANCE``. A folder keeps the runtime it
+was first extracted with (``extractor.json``; caches from before runtimes are torch's), so a new
+default never recomputes or mixes an existing cache; a new folder gets ``DEFAULT_RUNTIME``. The
+content key includes the runtime (torch's is the key of before), so the two never share rows.
+While the network runs on one batch, a worker thread decodes and resizes the next.
 """
 from __future__ import annotations
 
 import json
 import os
+import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +42,12 @@ from xmr.backbones import BACKBONES, FEATURE_DIM, efficientnet
 from xmr.data.base import DataError, Split
 from xmr.data.images import to_tensor_array
 from xmr.features.fingerprint import image_key, matches, stale, write_key
+
+RUNTIMES = ("torch", "onnx")
+DEFAULT_RUNTIME = "onnx"
+# What "equal features" means between the runtimes, checked by tests/test_feature_runtime.py: the
+# fp32 maps differ by ~3e-5 (another summation order), below the fp16 step of the stored values.
+TOLERANCE = {"max_abs": 1e-3, "min_cosine": 0.9999}
 
 
 @dataclass(frozen=True)
@@ -93,13 +109,40 @@ def load_backbone(trace_batch: int = 2, resolution: int = 224,
         return torch.jit.freeze(torch.jit.trace(model, example))
 
 
-def backbone_maps(images: list, backbone: torch.nn.Module, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Trunk activations (B, C, g, g) and grid features (B, g*g, 1280) of PIL images, the grid
-    row-major (pooled = its mean)."""
-    x = torch.from_numpy(np.stack([to_tensor_array(im, resolution) for im in images]))
-    with torch.no_grad():
-        trunk, fmap = backbone(x.contiguous(memory_format=torch.channels_last))
+def check_runtime(runtime: str) -> None:
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown feature runtime {runtime!r}; use one of {', '.join(RUNTIMES)}")
+
+
+def load_network(spec: ExtractorSpec, runtime: str, folder: str | Path):
+    """The feature network on ``runtime``: the TorchScript module, or the ONNX Runtime session of its
+    export, made once as ``<folder>/<backbone>-<resolution>.onnx``."""
+    check_runtime(runtime)
+    if runtime == "torch":
+        return load_backbone(resolution=spec.resolution, backbone=spec.backbone)
+    from xmr.features.onnx_runtime import OnnxNetwork, export
+
+    path = Path(folder) / f"{spec.backbone}-{spec.resolution}.onnx"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        export(_Features(efficientnet(spec.backbone), spec.trunk_cut), spec.resolution, path)
+    return OnnxNetwork(path, torch.get_num_threads())
+
+
+def network_maps(x: np.ndarray, network) -> tuple[torch.Tensor, torch.Tensor]:
+    """Trunk activations (B, C, g, g) and grid features (B, g*g, 1280) of preprocessed images
+    (B, 3, R, R), the grid row-major (pooled = its mean), from either runtime's network."""
+    if isinstance(network, torch.nn.Module):
+        with torch.no_grad():
+            trunk, fmap = network(torch.from_numpy(x).contiguous(memory_format=torch.channels_last))
+    else:
+        trunk, fmap = network(x)
     return trunk.float().contiguous(), fmap.float().flatten(2).transpose(1, 2)
+
+
+def backbone_maps(images: list, backbone, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``network_maps`` of PIL images."""
+    return network_maps(np.stack([to_tensor_array(im, resolution) for im in images]), backbone)
 
 
 def image_features(images: list, backbone: torch.nn.Module, resolution: int) -> torch.Tensor:
@@ -131,6 +174,35 @@ def skipped_images(out: str | Path, split: str) -> list[dict]:
     return json.loads(path.read_text()) if path.is_file() else []
 
 
+def folder_runtime(out: Path) -> str | None:
+    """The runtime the features under ``out`` were extracted with (torch for a cache from before
+    runtimes were recorded), or None for a folder without features."""
+    info = Path(out) / "extractor.json"
+    return json.loads(info.read_text()).get("runtime", "torch") if info.is_file() else None
+
+
+def _key(split: Split, extractor: str, runtime: str) -> str:
+    # torch's is the key written before there were runtimes, so those caches stay valid
+    return image_key(split, extractor) if runtime == "torch" else image_key(split, extractor, runtime)
+
+
+def _load_batch(split: Split, idx: range, resolution: int, on_bad_input: str) -> tuple[np.ndarray, list, list]:
+    """A batch's preprocessed images (B, 3, R, R), the positions of unreadable ones (black
+    stand-ins, with ``on_bad_input="skip"``) and their skipped-image records."""
+    arrays, bad, skipped = [], [], []
+    for i in idx:
+        try:
+            im = split.load_image(i)
+        except DataError as e:
+            if on_bad_input == "fail":
+                raise
+            im = Image.new("RGB", (resolution, resolution))
+            bad.append(len(arrays))
+            skipped.append({"index": i, "id": split.image_ids[i], "reason": str(e)})
+        arrays.append(to_tensor_array(im, resolution))
+    return np.stack(arrays), bad, skipped
+
+
 def _legacy_match(out: Path, split: Split, key: str) -> bool:
     """A cache written before content keys: accept it when its stored image ids are the split's,
     in order (and record the key, so the next check is exact)."""
@@ -146,8 +218,13 @@ def _legacy_match(out: Path, split: Split, key: str) -> bool:
 
 
 def extract_split(split: Split, out: str | Path, extractor: str = "efficientnet-lite0-224",
-                  batch_size: int = 32, progress: bool = True, on_bad_input: str = "fail") -> dict:
+                  batch_size: int = 32, progress: bool = True, on_bad_input: str = "fail",
+                  runtime: str | None = None) -> dict:
     """Extract (or resume, or reuse) the features of one split. Returns throughput stats.
+
+    ``runtime`` (``RUNTIMES``) runs the network; None: the one ``out`` was extracted with, for a
+    new folder ``DEFAULT_RUNTIME``. A split cached by the other runtime is extracted again (said on
+    stderr).
 
     An unreadable image (missing, truncated, corrupt, too large) stops the extraction with a
     DataError naming the file (``on_bad_input="fail"``), or (``"skip"``) gets zero features and is
@@ -157,15 +234,24 @@ def extract_split(split: Split, out: str | Path, extractor: str = "efficientnet-
         raise ValueError(f"on_bad_input must be 'fail' or 'skip', not {on_bad_input!r}")
     spec = ExtractorSpec.parse(extractor)
     out = Path(out)
+    made_with = folder_runtime(out)
+    runtime = runtime or made_with or DEFAULT_RUNTIME
+    check_runtime(runtime)
     grid_dir, pooled_dir = feature_dirs(out)
     dirs = (grid_dir, pooled_dir, trunk_dir(out))
     name = split.name
-    key = image_key(split, extractor)
+    key = _key(split, extractor, runtime)
     if is_complete(out, name):
-        if matches(out / name, key) or _legacy_match(out, split, key):
-            return {"split": name, "images": split.n_images, "reused": True,
+        # a cache without a key was made with the folder's runtime (torch's, before runtimes)
+        if matches(out / name, key) or (runtime == made_with and _legacy_match(out, split, key)):
+            return {"split": name, "images": split.n_images, "reused": True, "runtime": runtime,
                     "skipped": len(skipped_images(out, name))}
-        stale(out / name, "features")  # the split changed since: extract again
+        other = [r for r in RUNTIMES if r != runtime and matches(out / name, _key(split, extractor, r))]
+        if other:
+            print(f"{out / name}: cached features were extracted with the {other[0]} runtime; extracting "
+                  f"them again with {runtime}", file=sys.stderr)
+        else:
+            stale(out / name, "features")  # the split changed since: extract again
         for d in dirs:
             (d / f"{name}_ims.npy").unlink(missing_ok=True)
         (out / f"{name}.skipped.json").unlink(missing_ok=True)
@@ -184,31 +270,32 @@ def extract_split(split: Split, out: str | Path, extractor: str = "efficientnet-
     start = state.get("done", 0) if resume else 0
     skipped = state.get("skipped", []) if resume else []
 
-    backbone = load_backbone(resolution=spec.resolution, backbone=spec.backbone)
+    network = load_network(spec, runtime, out)
+    batches = [range(s, min(n, s + batch_size)) for s in range(start, n, batch_size)]
     t0, bar = time.perf_counter(), tqdm(total=n, initial=start, desc=f"features {name}", unit="img",
                                         disable=not progress)
-    for s in range(start, n, batch_size):
-        idx = range(s, min(n, s + batch_size))
-        images, bad = [], []
-        for i in idx:
-            try:
-                images.append(split.load_image(i))
-            except DataError as e:
-                if on_bad_input == "fail":
-                    raise
-                images.append(Image.new("RGB", (spec.resolution, spec.resolution)))
-                bad.append(len(images) - 1)
-                skipped.append({"index": i, "id": split.image_ids[i], "reason": str(e)})
-        maps, regions = backbone_maps(images, backbone, spec.resolution)
-        maps[bad], regions[bad] = 0.0, 0.0
-        trunk[s: s + len(idx)] = maps.numpy().astype(np.float16)
-        grid[s: s + len(idx)] = regions.numpy().astype(np.float16)
-        pooled[s: s + len(idx)] = regions.mean(1).numpy().astype(np.float16)
-        for m in (trunk, grid, pooled):
-            m.flush()
-        state = {"n": n, "extractor": extractor, "key": key, "done": s + len(idx), "skipped": skipped}
-        state_file.write_text(json.dumps(state))
-        bar.update(len(idx))
+    with ThreadPoolExecutor(1) as worker:
+        # the next batch is decoded while the network runs on this one (PIL and numpy release the GIL)
+        def load(k):
+            return worker.submit(_load_batch, split, batches[k], spec.resolution, on_bad_input)
+
+        pending = load(0) if batches else None
+        for k, idx in enumerate(batches):
+            x, bad, bad_records = pending.result()
+            if k + 1 < len(batches):
+                pending = load(k + 1)
+            skipped += bad_records
+            maps, regions = network_maps(x, network)
+            maps[bad], regions[bad] = 0.0, 0.0
+            s = idx.start
+            trunk[s: s + len(idx)] = maps.numpy().astype(np.float16)
+            grid[s: s + len(idx)] = regions.numpy().astype(np.float16)
+            pooled[s: s + len(idx)] = regions.mean(1).numpy().astype(np.float16)
+            for m in (trunk, grid, pooled):
+                m.flush()
+            state = {"n": n, "extractor": extractor, "key": key, "done": s + len(idx), "skipped": skipped}
+            state_file.write_text(json.dumps(state))
+            bar.update(len(idx))
     bar.close()
     seconds = time.perf_counter() - t0
     del grid, pooled, trunk
@@ -220,14 +307,14 @@ def extract_split(split: Split, out: str | Path, extractor: str = "efficientnet-
         (out / f"{name}.skipped.json").write_text(json.dumps(skipped, indent=1))
     else:
         (out / f"{name}.skipped.json").unlink(missing_ok=True)
-    write_key(out / name, key, images=n, extractor=extractor)
+    write_key(out / name, key, images=n, extractor=extractor, runtime=runtime)
     state_file.unlink(missing_ok=True)
     # Shared by every split under ``out``: processes extracting their shards of a collection at once
     # each write it, so through a per-process name and an atomic rename (the contents are equal).
     tmp = out / f"extractor.json.{os.getpid()}.tmp"
     tmp.write_text(json.dumps({"extractor": extractor, "feature_dim": FEATURE_DIM, "grid": spec.grid,
-                               "trunk_cut": spec.trunk_cut, "trunk_shape": list(spec.trunk_shape)}))
+                               "trunk_cut": spec.trunk_cut, "trunk_shape": list(spec.trunk_shape), "runtime": runtime}))
     os.replace(tmp, out / "extractor.json")
     done = n - start
     return {"split": name, "images": done, "seconds": seconds, "images_per_s": done / max(seconds, 1e-9),
-            "reused": False, "skipped": len(skipped)}
+            "reused": False, "runtime": runtime, "skipped": len(skipped)}
