@@ -121,7 +121,7 @@ class EmbeddingScorer:
     ``encode_images``/``encode_texts``, ``similarity``) and nothing else.
     """
 
-    score_block = (256, 8192)  # the same blocks an embedding model is scored in
+    score_block = (1024, 2048)  # the same blocks an embedding model is scored in
 
     def __init__(self, score: str = "ip"):
         if score not in SCORES:

@@ -14,7 +14,8 @@ Training, evaluation, two-step re-ranking and search talk to models only through
 
 ``metric`` is how the first-stage vectors compare: ``"ip"`` (inner product, higher is closer) or
 ``"l2"`` (Euclidean distance, CMMN and Revisiting); the search index follows it.
-``score_block`` bounds how many (images, captions) one ``similarity`` call scores in evaluation.
+``score_block`` bounds how many (images, captions) one ``similarity`` call scores in evaluation
+(the default's 8 MB block of a matmul model stays near the matmul's speed; see eval/evaluate.py).
 ``inputs`` says what a batch must carry: image ``pooled`` (N, D) or ``regions`` (N, R, D)
 features, or ``pixels`` (uint8 (N, R, R, 3) images, ``xmr/features/pixels.py``), and text
 ``tokens`` (ids from the training-split vocabulary).
@@ -85,7 +86,7 @@ class RetrievalModel(nn.Module):
     pairwise: ClassVar[bool] = False
     metric: ClassVar[str] = "ip"  # "ip" | "l2": how embed() vectors are compared
     # (images, captions) scored per similarity() call in evaluation; pairwise models use smaller blocks.
-    score_block: ClassVar[tuple[int, int]] = (256, 8192)
+    score_block: ClassVar[tuple[int, int]] = (1024, 2048)
     learns_from: ClassVar[str] = "pairs"  # "pairs" | "labels" (module docstring)
     data_facts: ClassVar[tuple[str, ...]] = ("vocab_size", "image_dim")  # a subset of DATA_FACTS
     stages: ClassVar[tuple[Stage, ...]] = (Stage("train"),)
