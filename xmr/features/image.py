@@ -15,8 +15,8 @@ folder has ``{split}_caps.txt`` and ``{split}_ids.txt``. Extraction is resumable
 written into ``*.partial`` memmaps and the count of finished rows is saved after every batch.
 
 Two runtimes run the network (``RUNTIMES``): ``torch``, the traced and frozen TorchScript module,
-and ``onnx``, the same network on ONNX Runtime (``xmr/features/onnx_runtime.py``), ~3x as fast on
-this CPU, its features equal to the torch ones within ``TOLERANCE``. A folder keeps the runtime it
+and ``onnx``, the same network on ONNX Runtime (``xmr/features/onnx_runtime.py``, faster on CPU:
+results/feature-runtime.json), its features equal to the torch ones within ``TOLERANCE``. A folder keeps the runtime it
 was first extracted with (``extractor.json``; caches from before runtimes are torch's), so a new
 default never recomputes or mixes an existing cache; a new folder gets ``DEFAULT_RUNTIME``. The
 content key includes the runtime (torch's is the key of before), so the two never share rows.

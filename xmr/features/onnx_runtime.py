@@ -1,9 +1,8 @@
 """The feature network on ONNX Runtime: the same EfficientNet-Lite, exported once to an ``.onnx``
 file beside the features it computes, run by an ``InferenceSession`` with every graph optimisation.
 
-On this project's 2-core CPU it runs the network ~3x as fast as the traced, frozen, channels-last
-TorchScript module (results/feature-runtime.json), with features equal to ~3e-5 (fp32).
-The file is generated locally from the registry weights (``torch.onnx.export``, the TorchScript
+It is measured against the traced, frozen, channels-last TorchScript module in
+results/feature-runtime.json (speed, and the features' agreement). The file is generated locally from the registry weights (``torch.onnx.export``, the TorchScript
 exporter: the newer one needs onnxscript); nothing is downloaded.
 """
 from __future__ import annotations
