@@ -303,7 +303,7 @@ def cmd_index(args) -> int:
 def cmd_search(args) -> int:
     from xmr.search.engine import Searcher
 
-    searcher = Searcher(args.index, shortlist=args.shortlist)
+    searcher = Searcher(args.index, shortlist=args.shortlist, text_runtime=args.text_runtime, cache=args.cache)
     if args.image:
         from xmr.data.images import load_rgb
 
@@ -326,7 +326,7 @@ def cmd_search(args) -> int:
 def cmd_serve(args) -> int:
     from xmr.search.server import serve
 
-    serve(args.index, args.host, args.port, args.batch_window_ms)
+    serve(args.index, args.host, args.port, args.batch_window_ms, args.text_runtime, args.cache)
     return 0
 
 
@@ -453,6 +453,16 @@ def _search_options(se: argparse.ArgumentParser) -> None:
     se.add_argument("--shortlist", type=int, default=100, help="first-stage candidates a pairwise model re-ranks")
     se.add_argument("--json", action="store_true")
     se.add_argument("--binary", action="store_true", help="Hamming search on hash codes (CMMN indexes)")
+    _text_runtime_option(se)
+
+
+def _text_runtime_option(p: argparse.ArgumentParser) -> None:
+    from xmr.features.text import RUNTIMES
+    from xmr.search.engine import TEXT_RUNTIME
+
+    p.add_argument("--text-runtime", default=TEXT_RUNTIME,
+                   help=f"what runs MiniLM on query sentences: {' or '.join(RUNTIMES)} (ONNX Runtime, exported once "
+                        f"into <cache>/onnx/; default {TEXT_RUNTIME})")
 
 
 def _serve_options(sv: argparse.ArgumentParser) -> None:
@@ -465,6 +475,7 @@ def _serve_options(sv: argparse.ArgumentParser) -> None:
                     help=f"micro-batching: text and image queries arriving within this many ms (at most "
                          f"{MAX_BATCH}) are encoded and searched together, with the same answers; 0 searches "
                          f"each request alone (default {WINDOW_MS:g})")
+    _text_runtime_option(sv)
 
 
 def _export_options(x: argparse.ArgumentParser) -> None:

@@ -145,8 +145,9 @@ def backbone_maps(images: list, backbone, resolution: int) -> tuple[torch.Tensor
     return network_maps(np.stack([to_tensor_array(im, resolution) for im in images]), backbone)
 
 
-def image_features(images: list, backbone: torch.nn.Module, resolution: int) -> torch.Tensor:
-    """Grid features (B, g*g, C) of PIL images, row-major over the grid (pooled = their mean)."""
+def image_features(images: list, backbone, resolution: int) -> torch.Tensor:
+    """Grid features (B, g*g, C) of PIL images, row-major over the grid (pooled = their mean), from
+    either runtime's network (``load_network``)."""
     return backbone_maps(images, backbone, resolution)[1]
 
 

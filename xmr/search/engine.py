@@ -18,6 +18,14 @@ Each hit also carries ``match`` (``strong`` / ``weak`` / ``none``): its first-st
 what top hits score on the model's own dev split (``xmr.search.calibration``), so a person can
 tell a real match from the best of an unrelated collection; Hamming search and an index built
 without the run's dev split give none.
+
+Query sentences go through MiniLM on ``text_runtime`` (``xmr.features.text.RUNTIMES``; default
+``onnx``, faster on CPU: results/text-runtime.json), query images through the feature network on
+the runtime the index's features were extracted with (``feature_runtime`` in its ``meta.json``;
+torch for an index without it), so a query image is encoded as the indexed ones were. Both ONNX
+files are exported once into ``<cache>/onnx/``: shared by every index (the networks do not depend
+on it) and beside the feature cache the build already writes to, where an index version folder
+is published whole and never written to afterwards.
 """
 from __future__ import annotations
 
@@ -30,11 +38,13 @@ import numpy as np
 import torch
 
 from xmr.eval.two_step import rerank
+from xmr.features.store import DEFAULT_CACHE
 from xmr.search.calibration import verdict
 from xmr.search.index import SearchError, file_hash, read_meta
 
 MAX_QUERY_CHARS = 300
 MAX_K = 100
+TEXT_RUNTIME = "onnx"  # xmr serve / xmr search --text-runtime's default
 
 
 @dataclass
@@ -73,11 +83,15 @@ def _read_json(path: Path):
 class Searcher:
     """A loaded index with its model; thread-safe for reads (torch inference, faiss search)."""
 
-    def __init__(self, path: str | Path, shortlist: int = 100, check_checkpoint: bool = True):
+    def __init__(self, path: str | Path, shortlist: int = 100, check_checkpoint: bool = True,
+                 text_runtime: str = TEXT_RUNTIME, cache: str | Path = DEFAULT_CACHE):
         import faiss
 
+        from xmr.features.text import check_runtime
         from xmr.runs import open_run
 
+        check_runtime(text_runtime)
+        self.text_runtime, self.onnx_dir = text_runtime, Path(cache) / "onnx"
         self.path = Path(path)
         self.meta = read_meta(self.path)
         run = Path(self.meta["run"])
@@ -119,16 +133,21 @@ class Searcher:
 
     @cached_property
     def _bert(self):
-        from xmr.features.text import load_bert
+        from xmr.features.text import load_encoder
 
-        return load_bert()
+        return load_encoder(self.text_runtime, self.model.inputs.bert_tail, self.onnx_dir)
+
+    @property
+    def feature_runtime(self) -> str:
+        """The runtime of the index's image features, and so of query images."""
+        return self.meta.get("feature_runtime") or "torch"
 
     @cached_property
     def _backbone(self):
-        from xmr.features.image import ExtractorSpec, load_backbone
+        from xmr.features.image import ExtractorSpec, load_network
 
         spec = ExtractorSpec.parse(self.meta["extractor"])
-        return load_backbone(resolution=spec.resolution, backbone=spec.backbone), spec.resolution
+        return load_network(spec, self.feature_runtime, self.onnx_dir), spec.resolution
 
     def text_batch(self, captions: list[str], stored: np.ndarray | None = None) -> dict:
         """Model inputs of sentences: token ids, plus BERT states (stored rows, or computed now)."""

@@ -4,8 +4,9 @@ A collection is a dataset split (images and their captions), a folder of images,
 sentences (one per line). The index folder holds:
 
 - ``meta.json``: format version, the model run and a hash of its checkpoint (an index is only
-  served with the checkpoint it was built with), the extractor, the collection and the faiss
-  index kinds;
+  served with the checkpoint it was built with), the extractor and the runtime its features were
+  extracted with (``feature_runtime``: query images are encoded on the same one), the collection
+  and the faiss index kinds;
 - ``images.faiss`` / ``captions.faiss``: the first-stage vectors (``model.embed``) under the
   model's metric (inner product, or Euclidean for CMMN): exact (``flat``) for small collections,
   HNSW or IVF for large ones (``auto`` picks by size; ``--kind`` overrides);
@@ -183,6 +184,21 @@ def collect(collection: Collection, trained: TrainedRun, work: Path, cache: Path
     return PairData(split, vocab, meta["max_len"], extra)
 
 
+def feature_runtime(collection: Collection, trained: TrainedRun, folder: Path, cache: Path) -> str | None:
+    """The runtime (``xmr.features.image.RUNTIMES``) the collection's image features were extracted
+    with, as ``collect`` left them (a folder of images: under ``folder``); None where no features
+    were extracted (sentences, a model reading pixels, a dataset's own precomputed features)."""
+    from xmr.data import DatasetSpec
+    from xmr.features.image import folder_runtime
+    from xmr.features.store import feature_root
+
+    if collection.kind == "sentences" or trained.model.inputs.image == "pixels":
+        return None
+    if collection.kind == "images":
+        return folder_runtime(folder / "extract")
+    return folder_runtime(feature_root(DatasetSpec.of(collection.source), trained.meta["extractor"], cache))
+
+
 @torch.no_grad()
 def embed_all(model, data, side: str, batch_size: int = 256, progress: bool = False) -> np.ndarray:
     """First-stage vectors of every image (``side="images"``) or caption, float32 (n, d); a batch's
@@ -260,9 +276,10 @@ def _build(run, collection: Collection, out: Path, kind: str, cache: Path, progr
     if not ctx.active:
         try:
             data = collect(collection, trained, work, cache, progress, on_bad_input)
+            runtime = feature_runtime(collection, trained, work, cache)
             sides = embed_sides(trained.model, data, collection, progress)
             save_items(work, data, sides, collection, trained.model)
-            info = finish(work, sides, run, trained, collection, kind, t0, cache, progress)
+            info = finish(work, sides, run, trained, collection, kind, t0, cache, progress, runtime)
             final = versions / work.name[len(".building-"):]
             os.replace(work, final)
         except BaseException:
@@ -274,7 +291,7 @@ def _build(run, collection: Collection, out: Path, kind: str, cache: Path, progr
     # send it through all_gather_object, which would pickle every share (image features included)
     # into rank 0's memory at once; from files rank 0 streams them into place one at a time. The
     # price: --out must lie on a filesystem every rank sees (one host, or a shared mount).
-    error = None
+    error, runtime = None, None
     try:
         own = work / f"shard-{ctx.rank}"
         try:
@@ -284,6 +301,7 @@ def _build(run, collection: Collection, out: Path, kind: str, cache: Path, progr
                               "filesystem every rank sees") from None
         data = collect(collection, trained, own, cache, progress, on_bad_input,
                        rows=lambda n: distributed.part(n, ctx, EXTRACT_BATCH))
+        runtime = feature_runtime(collection, trained, own, cache)  # every rank's is the same
         sides = embed_sides(trained.model, data, collection, progress)
         save_items(own, data, sides, collection, trained.model)
         for side, vectors in sides.items():
@@ -299,7 +317,7 @@ def _build(run, collection: Collection, out: Path, kind: str, cache: Path, progr
             if failed:
                 raise SearchError(failed[0])
             sides = merge_shards(work, ctx.world)
-            info = finish(work, sides, run, trained, collection, kind, t0, cache, progress)
+            info = finish(work, sides, run, trained, collection, kind, t0, cache, progress, runtime)
             final = versions / work.name[len(".building-"):]
             os.replace(work, final)
             publish(final, out)
@@ -379,8 +397,9 @@ def merge_shards(work: Path, world: int) -> dict[str, np.ndarray]:
 
 
 def finish(work: Path, sides: dict[str, np.ndarray], run: Path, trained: TrainedRun, collection: Collection,
-           kind: str, t0: float, cache: Path, progress: bool = False) -> dict:
-    """Write the faiss indexes of ``sides`` and ``meta.json`` into ``work``; returns the meta."""
+           kind: str, t0: float, cache: Path, progress: bool = False, runtime: str | None = None) -> dict:
+    """Write the faiss indexes of ``sides`` and ``meta.json`` into ``work`` (``runtime``: that of
+    the image features, ``feature_runtime``); returns the meta."""
     import faiss
 
     model, meta = trained.model, trained.meta
@@ -394,7 +413,8 @@ def finish(work: Path, sides: dict[str, np.ndarray], run: Path, trained: Trained
             faiss.write_index_binary(make_binary(codes.numpy()), str(work / f"{side}.bin.faiss"))
     info = {"format_version": FORMAT_VERSION, "run": str(run), "model": meta["model"],
             "checkpoint_sha256": file_hash(run / "best.safetensors"), "pairwise": model.pairwise,
-            "extractor": meta["extractor"], "max_len": meta["max_len"], "image_input": model.inputs.image,
+            "extractor": meta["extractor"], "feature_runtime": runtime, "max_len": meta["max_len"],
+            "image_input": model.inputs.image,
             "collection": {"kind": collection.kind, "source": collection.source, "split": collection.split},
             "counts": {side: len(v) for side, v in sides.items()},
             "dim": int(next(iter(sides.values())).shape[1]), "index_kinds": kinds,
@@ -440,7 +460,8 @@ def describe(path: str | Path) -> str:
              f"model       {meta['model']} ({'pairwise: re-ranks its first stage' if meta['pairwise'] else 'embedding'})"
              f" from {meta['run']} (checkpoint {meta['checkpoint_sha256']})",
              f"collection  {coll['kind']}: {coll['source']}" + (f" [{coll['split']}]" if coll["kind"] == "split" else ""),
-             f"features    {meta['extractor']} ({meta['image_input']})"]
+             f"features    {meta['extractor']} ({meta['image_input']}"
+             + (f", {meta['feature_runtime']} runtime)" if meta.get("feature_runtime") else ")")]
     for side, n in meta["counts"].items():
         metric = {"ip": "inner product", "l2": "Euclidean"}[meta.get("metric", "ip")]
         lines.append(f"{side:11s} {n} vectors, {meta['dim']}-d, faiss {meta['index_kinds'][side]} ({metric})")

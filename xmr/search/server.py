@@ -37,8 +37,9 @@ from PIL import Image, UnidentifiedImageError
 
 from xmr.data.base import DataError
 from xmr.data.images import MAX_PIXELS
+from xmr.features.store import DEFAULT_CACHE
 from xmr.search.batching import WINDOW_MS, MicroBatcher
-from xmr.search.engine import MAX_K, MAX_QUERY_CHARS, Searcher
+from xmr.search.engine import MAX_K, MAX_QUERY_CHARS, TEXT_RUNTIME, Searcher
 from xmr.search.index import SearchError
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
@@ -177,10 +178,10 @@ def create_app(searcher: Searcher, batch_window_ms: float = WINDOW_MS) -> FastAP
     return app
 
 
-def serve(index: str | Path, host: str = "127.0.0.1", port: int = 8000,
-          batch_window_ms: float = WINDOW_MS) -> None:
+def serve(index: str | Path, host: str = "127.0.0.1", port: int = 8000, batch_window_ms: float = WINDOW_MS,
+          text_runtime: str = TEXT_RUNTIME, cache: str | Path = DEFAULT_CACHE) -> None:
     import uvicorn
 
-    searcher = Searcher(index)
+    searcher = Searcher(index, text_runtime=text_runtime, cache=cache)
     searcher.warm_up()
     uvicorn.run(create_app(searcher, batch_window_ms), host=host, port=port, log_level="info")
