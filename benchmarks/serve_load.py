@@ -1,9 +1,10 @@
-"""Load test of ``xmr serve`` on loopback, unbatched against micro-batched: for each path a fixed
-number of concurrent clients send text queries for a fixed time, then everything stops. Reports
-requests/s, latency p50/p99 and the error count of each path and the batched/unbatched throughput
-ratio. Each path is a separate ``xmr serve`` process on 127.0.0.1 (a free port): the unbatched one
-with ``--batch-window-ms 0``, the batched one with ``--batch-window-ms`` (default 5). Writes
-results/serve-load.json.
+"""Load test of ``xmr serve`` on loopback: unbatched against micro-batched, and the batched server
+with query sentences on each text runtime. For each path a fixed number of concurrent clients send
+text queries for a fixed time, then everything stops. Reports requests/s, latency p50/p99 and the
+error count of each path, the batched/unbatched throughput ratio (both on the default text runtime)
+and the onnx/torch one (both batched). Each path is a separate ``xmr serve`` process on 127.0.0.1
+(a free port): ``--batch-window-ms 0`` for the unbatched one, ``--batch-window-ms`` (default 5) for
+the batched ones, each with its ``--text-runtime``. Writes results/serve-load.json.
 
     .venv/bin/xmr index build pretrained --data flickr8k --split test --out runs/f8k-test-index
     .venv/bin/python benchmarks/serve_load.py runs/f8k-test-index [--clients 8 --seconds 10 --threads 2]
@@ -24,6 +25,7 @@ import numpy as np
 
 from xmr.machine import machine_info
 from xmr.search.batching import WINDOW_MS
+from xmr.search.engine import TEXT_RUNTIME
 
 QUERIES = ["a dog runs on the beach", "two children play in the snow", "a man rides a bicycle",
            "a woman in a red dress", "people walk down a city street", "a black dog jumps over a log",
@@ -36,11 +38,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def load(index: str, window_ms: float, threads: int, clients: int, seconds: float, k: int) -> dict:
-    """Start ``xmr serve INDEX --batch-window-ms window_ms``, load it, stop it; the measurements."""
+def load(index: str, window_ms: float, text_runtime: str, threads: int, clients: int, seconds: float, k: int,
+         cache: str) -> dict:
+    """Start ``xmr serve INDEX --batch-window-ms window_ms --text-runtime text_runtime``, load it,
+    stop it; the measurements."""
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "xmr", "serve", index, "--port", str(port),
-                               "--batch-window-ms", str(window_ms), "--threads", str(threads)],
+                               "--batch-window-ms", str(window_ms), "--text-runtime", text_runtime,
+                               "--threads", str(threads), "--cache", cache],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -87,7 +92,7 @@ def load(index: str, window_ms: float, threads: int, clients: int, seconds: floa
         server.terminate()
         server.wait(30)
     lat = np.array(latencies) * 1e3
-    return {"batch_window_ms": window_ms, "server_threads": threads, "clients": clients, "seconds": wall,
+    return {"batch_window_ms": window_ms, "text_runtime": text_runtime, "server_threads": threads, "clients": clients, "seconds": wall,
             "requests": len(lat), "requests_per_s": len(lat) / wall, "p50_ms": float(np.percentile(lat, 50)),
             "p99_ms": float(np.percentile(lat, 99)), "errors": len(errors), "first_errors": errors[:5]}
 
@@ -100,19 +105,24 @@ def main() -> None:
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--threads", type=int, default=2, help="the server's torch CPU threads")
     p.add_argument("--batch-window-ms", type=float, default=WINDOW_MS, help="the batched path's window")
+    p.add_argument("--cache", default="runs/cache", help="the servers' cache (their ONNX exports)")
     p.add_argument("--out", default="results/serve-load.json")
     args = p.parse_args()
     results = {}
-    for name, window in (("unbatched", 0.0), ("batched", args.batch_window_ms)):
-        results[name] = load(args.index, window, args.threads, args.clients, args.seconds, args.k)
+    paths = (("unbatched", 0.0, TEXT_RUNTIME), ("batched-torch", args.batch_window_ms, "torch"),
+             ("batched", args.batch_window_ms, TEXT_RUNTIME))
+    for name, window, runtime in paths:
+        results[name] = load(args.index, window, runtime, args.threads, args.clients, args.seconds, args.k, args.cache)
         print(name, json.dumps(results[name]))
-    speedup = results["batched"]["requests_per_s"] / results["unbatched"]["requests_per_s"]
-    print(f"batched / unbatched throughput: {speedup:.2f}x")
+    rate = {name: r["requests_per_s"] for name, r in results.items()}
+    speedups = {"batched_over_unbatched": rate["batched"] / rate["unbatched"],
+                f"{TEXT_RUNTIME}_over_torch_batched": rate["batched"] / rate["batched-torch"]}
+    print(json.dumps(speedups))
     command = (f"python benchmarks/serve_load.py {args.index} --clients {args.clients} --seconds {args.seconds:g} "
                f"--threads {args.threads} --batch-window-ms {args.batch_window_ms:g}")
     Path(args.out).write_text(json.dumps({"command": command, "machine": machine_info(),
                                           "meta": json.loads((Path(args.index) / "meta.json").read_text()),
-                                          "results": results, "batched_speedup": speedup}, indent=1))
+                                          "results": results, "speedups": speedups}, indent=1))
 
 
 if __name__ == "__main__":
