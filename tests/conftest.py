@@ -8,6 +8,9 @@ build a valid default dataset and return its location plus what a reader should 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -234,10 +237,23 @@ def feature_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("feature-cache")
 
 
+_OWN_CACHE: list[str] = []
+
+
 def pytest_configure(config):
     import torch
 
     torch.set_num_threads(2)  # the CI machine's cores; more threads only contend
+    # A searcher exports its ONNX networks into its cache (xmr.search.engine), by default XMR_CACHE
+    # or runs/cache: the session's own folder, so tests write nothing into the checkout
+    if "XMR_CACHE" not in os.environ:
+        _OWN_CACHE.append(tempfile.mkdtemp(prefix="xmr-test-cache-"))
+        os.environ["XMR_CACHE"] = _OWN_CACHE[0]
+
+
+def pytest_unconfigure(config):
+    for folder in _OWN_CACHE:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 SLOW_FIXTURES = {"feature_cache", "vsepp_index", "jgcar_index"}  # CNN/BERT features, trained runs
