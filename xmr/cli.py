@@ -528,8 +528,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from xmr.data.base import DataError
     from xmr.checkpoint import CheckpointError
+    from xmr.data.base import DataError
+    from xmr.errors import one_line
 
     args = build_parser().parse_args(argv)
     if hasattr(args, "threads"):
@@ -543,17 +544,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def one_line(e: BaseException) -> str:
-    """The error as one line: a KeyError's message without its quotes, an OSError with its file."""
-    if isinstance(e, KeyError):
-        text = str(e.args[0]) if e.args else "missing key"
-        if e.args and len(text.split()) == 1:  # a bare key: say what it is
-            text = f"missing field {text!r}"
-    elif isinstance(e, OSError) and e.filename:
-        text = f"{e.filename}: {e.strerror or e}"
-    else:
-        text = str(e)
-    return " ".join(text.split()) or type(e).__name__
 
 
 if __name__ == "__main__":

@@ -12,3 +12,16 @@ class TrainingError(ValueError):
 
 class ConfigError(ValueError):
     """A setting (``--set KEY=VALUE``, a preset value, a checkpoint's stored config) is unusable."""
+
+
+def one_line(e: BaseException) -> str:
+    """The error as one line: a KeyError's message without its quotes, an OSError with its file."""
+    if isinstance(e, KeyError):
+        text = str(e.args[0]) if e.args else "missing key"
+        if e.args and len(text.split()) == 1:  # a bare key: say what it is
+            text = f"missing field {text!r}"
+    elif isinstance(e, OSError) and e.filename:
+        text = f"{e.filename}: {e.strerror or e}"
+    else:
+        text = str(e)
+    return " ".join(text.split()) or type(e).__name__

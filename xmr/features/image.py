@@ -30,6 +30,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -41,9 +42,10 @@ from PIL import Image
 from xmr.backbones import BACKBONES, FEATURE_DIM, efficientnet
 from xmr.data.base import DataError, Split
 from xmr.data.images import to_tensor_array
+from xmr.features import onnx_runtime
 from xmr.features.fingerprint import image_key, matches, stale, write_key
 
-RUNTIMES = ("torch", "onnx")
+RUNTIMES = onnx_runtime.RUNTIMES
 DEFAULT_RUNTIME = "onnx"
 # What "equal features" means between the runtimes, checked by tests/test_feature_runtime.py: the
 # fp32 maps differ by ~3e-5 (another summation order), below the fp16 step of the stored values.
@@ -109,9 +111,7 @@ def load_backbone(trace_batch: int = 2, resolution: int = 224,
         return torch.jit.freeze(torch.jit.trace(model, example))
 
 
-def check_runtime(runtime: str) -> None:
-    if runtime not in RUNTIMES:
-        raise ValueError(f"unknown feature runtime {runtime!r}; use one of {', '.join(RUNTIMES)}")
+check_runtime = partial(onnx_runtime.check_runtime, what="feature")
 
 
 def load_network(spec: ExtractorSpec, runtime: str, folder: str | Path):
@@ -120,13 +120,10 @@ def load_network(spec: ExtractorSpec, runtime: str, folder: str | Path):
     check_runtime(runtime)
     if runtime == "torch":
         return load_backbone(resolution=spec.resolution, backbone=spec.backbone)
-    from xmr.features.onnx_runtime import OnnxNetwork, export
-
     path = Path(folder) / f"{spec.backbone}-{spec.resolution}.onnx"
     if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        export(_Features(efficientnet(spec.backbone), spec.trunk_cut), spec.resolution, path)
-    return OnnxNetwork(path, torch.get_num_threads())
+        onnx_runtime.export(_Features(efficientnet(spec.backbone), spec.trunk_cut), spec.resolution, path)
+    return onnx_runtime.OnnxNetwork(path, torch.get_num_threads())
 
 
 def network_maps(x: np.ndarray, network) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,6 +20,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+RUNTIMES = ("torch", "onnx")  # what runs a network: PyTorch itself, or its export on ONNX Runtime
+
+
+def check_runtime(runtime: str, what: str) -> None:
+    """Refuse a runtime name outside ``RUNTIMES``, naming ``what`` it was for (feature, text)."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown {what} runtime {runtime!r}; use one of {', '.join(RUNTIMES)}")
+
 
 def _session(path: Path, threads: int):
     import onnxruntime as ort
@@ -33,6 +41,7 @@ def _session(path: Path, threads: int):
 
 def _export(model: torch.nn.Module, example: tuple, path: Path, inputs: list[str], outputs: list[str],
             axes: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # concurrent processes each export, then rename
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the tracer's notes on shape arithmetic it records as constants

