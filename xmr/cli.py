@@ -370,7 +370,7 @@ def _features_options(f: argparse.ArgumentParser) -> None:
                    "efficientnet-lite2-260 (9x9 grid); any backbone at 32 to 1024 pixels")
     f.add_argument("--batch-size", type=int, default=32)
     f.add_argument("--runtime", default=None,
-                   help="what runs the network: onnx (ONNX Runtime, ~3x as fast on CPU) or torch (TorchScript); "
+                   help="what runs the network: onnx (ONNX Runtime, faster on CPU) or torch (TorchScript); "
                    "default: the one the cache folder was extracted with, onnx for a new folder")
     f.add_argument("--json", help="write throughput stats here")
     f.add_argument("--quiet", action="store_true", help="no progress bars")
