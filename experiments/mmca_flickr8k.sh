@@ -1,58 +1,85 @@
 #!/usr/bin/env bash
-# MMCA on Flickr8k: the full model (cpu preset), its exhaustive 1K x 5K test evaluation and the
-# two-step K-curve, then the alpha (Table 6) and d (Tables 4-5) ablations on a reduced budget.
+# MMCA on Flickr8k, on the VSE++ baseline's inputs (EfficientNet-Lite2 9x9 grid cells at 260^2,
+# frozen MiniLM token states): the full model (cpu preset), alpha chosen on dev, its exhaustive
+# 1K x 5K test evaluation, the two-step K-curve and VSE++ as first stage; then the controls.
 # Regenerates results/mmca-flickr8k/. Re-running resumes unfinished runs and reuses finished ones.
-#   bash experiments/mmca_flickr8k.sh [main|alpha|d|all]   (default all)
-# The VSE++ first-stage comparison reuses experiments/vsepp_flickr8k.sh's chosen run (trained if absent).
-#   full model: ~6 epochs x 8 min + ~10 min exhaustive test on 2 cores
-#   ablations:  first ABL_IMAGES training images, ABL_EPOCHS epochs each, evaluated on test by
-#               two-step retrieval (own i0.c0 shortlist of ABL_K = 20, re-ranked by S; the full
-#               model's K-curve shows K = 20 within 1 rsum of exhaustive at a 25th of the time)
+#   bash experiments/mmca_flickr8k.sh [main|alpha0|seed|d|all]   (default all)
+#   main    the cpu preset (6 epochs, ~4 min each on 2 cores), then the cross-term weight alpha
+#           chosen on dev by two-step retrieval at K = 20 (the trained weights scored with each
+#           alpha: xmr eval --set alpha=A), then test at that alpha: exhaustive (~15 min) and
+#           two-step (K = 10 ... 200), and VSE++'s shortlist re-ranked by MMCA
+#   alpha0  the same budget trained with alpha = 0 (self-attention only, no cross branch): the
+#           control for the paper's claim that cross-attention helps (Table 6)
+#   seed    the full model again with seed 1 (the spread between seeds for the claims)
+#   d       the cross branch's width (cross_dim 32 / 64 / 128) on a reduced budget, dev two-step K = 20
+# The VSE++ comparison reuses experiments/vsepp_flickr8k.sh's chosen run (trained if absent).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=mmca PRESET=cpu
 source experiments/common.sh
+EXTRACTOR=efficientnet-lite2-260
 RUNS=${RUNS:-runs/mmca-f8k}
 OUT=results/mmca-flickr8k
-ABL_IMAGES=${ABL_IMAGES:-1000}
-ABL_EPOCHS=${ABL_EPOCHS:-2}
-ABL_K=${ABL_K:-20}
+DEV_K=20
+ALPHAS=${ALPHAS:-"0 0.1 0.2 0.4 0.8 1.6"}
+ABL=(--set "train_images=${ABL_IMAGES:-2000}" --set "epochs=${ABL_EPOCHS:-3}" --set "lr_decay_epochs=[2]")
 STAGE=${1:-all}
 VSEPP_RUN=${VSEPP_RUNS:-runs/vsepp-f8k-levers}/$(cat results/vsepp-flickr8k/chosen.txt)  # experiments/vsepp_flickr8k.sh
 mkdir -p "$OUT" "$RUNS"
-$XMR features flickr8k >/dev/null
+$XMR features flickr8k --extractor $EXTRACTOR >/dev/null
+on() { [ "$STAGE" = "$1" ] || [ "$STAGE" = all ]; }
+dev_eval() {  # run name, dev json, then --set options: two-step at DEV_K on the whole dev split
+  local name=$1 json=$2; shift 2
+  [ -f "$json" ] || $XMR eval "$RUNS/$name" --split dev --two-step $DEV_K --no-exhaustive \
+    --threads "${THREADS:-2}" --json "$json" "$@" >> "$RUNS/$name.log" 2>&1
+}
+best_setting() {  # ablation table json -> the value after "=" of its best-rsum row
+  .venv/bin/python -c "import json,sys; rows=json.load(open(sys.argv[1])); print(max(rows, key=lambda r: r['rsum'])['setting'].split('=')[1])" "$1"
+}
 
-# 1. The full model: exhaustive test (every image x caption through the cross branch) and two-step
-#    with MMCA's own i0.c0 as first stage, and with VSE++ as first stage.
-if [ "$STAGE" = main ] || [ "$STAGE" = all ]; then
-  train full
-  evaluate full "$OUT/test.json" --two-step 10 20 50 100 200 --plot "$OUT/k_curve.png"
+if on main; then
+  train full --extractor $EXTRACTOR
+  rows=()
+  for a in $ALPHAS; do
+    dev_eval full "$RUNS/full/dev-alpha-$a.json" --set alpha=$a
+    rows+=("alpha=$a=$RUNS/full/dev-alpha-$a.json")
+  done
+  .venv/bin/python experiments/ablation_table.py "$OUT/dev-alpha" \
+    "MMCA alpha on dev (the full model's weights, S = i0.c0 + alpha i1.c1, two-step K=$DEV_K)" "${rows[@]}"
+  ALPHA=$(best_setting "$OUT/dev-alpha.json")
+  echo "$ALPHA" > "$OUT/chosen-alpha.txt"
+  evaluate full "$OUT/test.json" --set alpha=$ALPHA --two-step 10 20 50 100 200 --plot "$OUT/k_curve.png"
   [ -f "$VSEPP_RUN/best.json" ] || bash experiments/vsepp_flickr8k.sh
-  evaluate full "$OUT/test-vsepp-first-stage.json" --two-step 20 100 --no-exhaustive --first-stage "$VSEPP_RUN"
+  evaluate full "$OUT/test-vsepp-first-stage.json" --set alpha=$ALPHA --two-step 20 100 --no-exhaustive \
+    --first-stage "$VSEPP_RUN"
   cp "$RUNS/full/metrics.jsonl" "$RUNS/full/curve.png" "$RUNS/full/config.json" "$OUT/"
 fi
 
-# 2. Ablations on the reduced budget: alpha (Table 6), then d (Tables 4-5; d = 64 is alpha-0.2).
-ABL=(--set "train_images=$ABL_IMAGES" --set "epochs=$ABL_EPOCHS" --set "lr_decay_epochs=[$ABL_EPOCHS]")
-alpha_rows=() d_rows=()
-if [ "$STAGE" = alpha ] || [ "$STAGE" = d ] || [ "$STAGE" = all ]; then
-  for a in 0 0.1 0.2 0.4 0.8; do
-    train "alpha-$a" "${ABL[@]}" --set alpha=$a
-    evaluate "alpha-$a" "$RUNS/alpha-$a/test-k$ABL_K.json" --two-step $ABL_K --no-exhaustive
-    alpha_rows+=("alpha=$a=$RUNS/alpha-$a/test-k$ABL_K.json")
-  done
-  .venv/bin/python experiments/ablation_table.py "$OUT/ablation-alpha" \
-    "MMCA alpha ablation (Flickr8k test, $ABL_IMAGES training images, $ABL_EPOCHS epochs)" "${alpha_rows[@]}"
+if on alpha0; then
+  train alpha0 --extractor $EXTRACTOR --set alpha=0
+  dev_eval alpha0 "$RUNS/alpha0/dev.json"
+  evaluate alpha0 "$OUT/test-alpha0.json"
 fi
-[ "$STAGE" = d ] || [ "$STAGE" = all ] || exit 0
-for d in 64 128 256 512; do
-  name="d-$d"; [ "$d" = 64 ] && name="alpha-0.2"  # the cpu preset's d = 64 is the alpha = 0.2 run
-  if [ "$d" != 64 ]; then
-    train "$name" "${ABL[@]}" --set d=$d --set ff_dim=$d --set filters=$d
-    evaluate "$name" "$RUNS/$name/test-k$ABL_K.json" --two-step $ABL_K --no-exhaustive
-  fi
-  d_rows+=("d=$d=$RUNS/$name/test-k$ABL_K.json")
-done
-.venv/bin/python experiments/ablation_table.py "$OUT/ablation-d" \
-  "MMCA d ablation (Flickr8k test, $ABL_IMAGES training images, $ABL_EPOCHS epochs)" "${d_rows[@]}"
+
+if on seed; then
+  train full-s1 --extractor $EXTRACTOR --seed 1
+  dev_eval full-s1 "$RUNS/full-s1/dev-alpha-chosen.json" --set alpha="$(cat "$OUT/chosen-alpha.txt")"
+  dev_eval full "$RUNS/full/dev-alpha-chosen.json" --set alpha="$(cat "$OUT/chosen-alpha.txt")"
+  .venv/bin/python experiments/ablation_table.py "$OUT/dev-seeds" \
+    "MMCA seeds on dev (alpha $(cat "$OUT/chosen-alpha.txt"), two-step K=$DEV_K)" \
+    "seed=0=$RUNS/full/dev-alpha-chosen.json" "seed=1=$RUNS/full-s1/dev-alpha-chosen.json"
+fi
+
+if on d; then
+  rows=()
+  for c in 32 64 128; do
+    train "cross-$c" --extractor $EXTRACTOR "${ABL[@]}" --set cross_dim=$c --set cross_filters=$c \
+      --set cross_heads=$((c / 16))
+    dev_eval "cross-$c" "$RUNS/cross-$c/dev.json"
+    rows+=("cross_dim=$c=$RUNS/cross-$c/dev.json")
+  done
+  .venv/bin/python experiments/ablation_table.py "$OUT/dev-cross-dim" \
+    "MMCA cross-branch width on dev (${ABL_IMAGES:-2000} training images, ${ABL_EPOCHS:-3} epochs, two-step K=$DEV_K)" \
+    "${rows[@]}"
+fi
 .venv/bin/python -c "import json; from xmr.machine import machine_info; print(json.dumps(machine_info()))" > "$OUT/machine.json"

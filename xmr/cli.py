@@ -201,7 +201,7 @@ def _eval_pairs(args) -> int:
 
     if args.folds < 1:
         raise SystemExit(f"xmr eval: --folds {args.folds}: need a whole number >= 1 (5 for COCO 1K)")
-    trained = open_run(args.run, args.checkpoint)
+    trained = open_run(args.run, args.checkpoint, _overrides(args.set))
     model, meta = trained.model, trained.meta
     data = trained.data(args.split, args.data, Path(args.cache), on_bad_input=args.on_bad_input)
     _check_width(meta, data, args)
@@ -240,7 +240,7 @@ def _eval_pairs(args) -> int:
                          f"{meta['model']} on {args.split}")
     if args.json:
         result = {"run": args.run_name, "checkpoint": args.checkpoint, "data": args.data or meta["data"],
-                  "split": args.split, "folds": args.folds, **result}
+                  "split": args.split, "folds": args.folds, "model_overrides": _overrides(args.set), **result}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=1))
     return 0
@@ -403,6 +403,9 @@ def _eval_options(e: argparse.ArgumentParser) -> None:
     e.add_argument("--map-at", type=int, default=500, help="labels: also report mAP over the top N (mAP@N)")
     e.add_argument("--folds", type=int, default=1, help="5 for COCO 1K (mean over five 1K folds)")
     e.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="evaluate with a scoring setting changed, e.g. --set alpha=0.5 (MMCA's cross-term "
+                        "weight); settings that change the trained weights' shapes cannot be changed")
     e.add_argument("--json", help="write the full result (with every query's rank) here")
     e.add_argument("--two-step", type=int, nargs="+", metavar="K",
                    help="also evaluate two-step retrieval: shortlist K by a first-stage embedding, re-rank "

@@ -43,12 +43,19 @@ class TrainedRun:
                          self.meta["extractor"], Path(cache), progress, on_bad_input, rows)
 
 
-def open_run(run: str | Path, which: str = "best") -> TrainedRun:
-    """The run folder's ``which`` checkpoint ("best" or "last") with its vocabulary and metadata."""
+def open_run(run: str | Path, which: str = "best", overrides: dict | None = None) -> TrainedRun:
+    """The run folder's ``which`` checkpoint ("best" or "last") with its vocabulary and metadata.
+
+    ``overrides`` replace constructor arguments that change how the trained weights score, not
+    their shapes (MMCA's ``alpha``, a pair chunk size); one that changes a shape fails on load."""
     run = Path(run)
     stem = run / which
     meta = checkpoint.read_meta(stem)
-    model = create_model(meta["model"], **checked_model_kwargs(meta, stem))
+    kwargs = checked_model_kwargs(meta, stem)
+    if overrides:
+        check_model_kwargs(meta["model"], overrides, "--set")
+        kwargs = {**kwargs, **overrides}
+    model = create_model(meta["model"], **kwargs)
     checkpoint.load(stem, model)
     return TrainedRun(run, model.eval(), Vocab.load(run / "vocab.json"), meta)
 
