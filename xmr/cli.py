@@ -164,6 +164,8 @@ def cmd_eval(args) -> int:
     except KeyError as e:  # a checkpoint naming no registered model
         raise checkpoint.CheckpointError(f"{stem.with_suffix('.json')}: {e.args[0]}") from None
     if (args.protocol or learns_from) == "labels":
+        if args.set:
+            raise SystemExit("xmr eval: --set applies to pair evaluation (R@K), not to the label protocol")
         return _eval_labels(args)
     return _eval_pairs(args)
 
