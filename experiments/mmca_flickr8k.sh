@@ -58,6 +58,7 @@ fi
 if on alpha0; then
   train alpha0 --extractor $EXTRACTOR --set alpha=0
   dev_eval alpha0 "$RUNS/alpha0/dev.json"
+  cp "$RUNS/alpha0/dev.json" "$OUT/dev-alpha0.json"
   evaluate alpha0 "$OUT/test-alpha0.json"
 fi
 
