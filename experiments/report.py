@@ -198,9 +198,11 @@ def mmca_claims(verdict) -> list[str]:
     if not (vsepp and mmca):
         return []
     seeds = load("mmca-flickr8k/dev-seeds.json")
-    spread = {key: abs(get(seeds[0]) - get(seeds[1])) if seeds and len(seeds) == 2 else 0.0
-              for key, get in (("i2t", lambda r: r["i2t"]["r1"]), ("t2i", lambda r: r["t2i"]["r1"]),
-                               ("rsum", lambda r: r["rsum"]))}
+    def measures(r: dict) -> dict:
+        return {"i2t": r["i2t"]["r1"], "t2i": r["t2i"]["r1"], "rsum": r["rsum"]}
+
+    spread = ({k: abs(v - measures(seeds[1])[k]) for k, v in measures(seeds[0]).items()} if seeds
+              else dict.fromkeys(("i2t", "t2i", "rsum"), 0.0))
     noise = (f"seed spread on dev: R@1 {spread['i2t']:.1f} / {spread['t2i']:.1f}, rsum {spread['rsum']:.1f}"
              if seeds else "one seed")
     alpha = mmca.get("model_overrides", {}).get("alpha", "the preset's")

@@ -203,7 +203,8 @@ def _eval_pairs(args) -> int:
 
     if args.folds < 1:
         raise SystemExit(f"xmr eval: --folds {args.folds}: need a whole number >= 1 (5 for COCO 1K)")
-    trained = open_run(args.run, args.checkpoint, _overrides(args.set))
+    overrides = _overrides(args.set)
+    trained = open_run(args.run, args.checkpoint, overrides)
     model, meta = trained.model, trained.meta
     data = trained.data(args.split, args.data, Path(args.cache), on_bad_input=args.on_bad_input)
     _check_width(meta, data, args)
@@ -242,7 +243,7 @@ def _eval_pairs(args) -> int:
                          f"{meta['model']} on {args.split}")
     if args.json:
         result = {"run": args.run_name, "checkpoint": args.checkpoint, "data": args.data or meta["data"],
-                  "split": args.split, "folds": args.folds, "model_overrides": _overrides(args.set), **result}
+                  "split": args.split, "folds": args.folds, "model_overrides": overrides, **result}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=1))
     return 0

@@ -194,7 +194,8 @@ class MMCA(RetrievalModel):
         """``ff_dim`` defaults to ``d`` (Eq. 4); ``pair_chunk`` bounds the pairs per cross-attention pass; with
         ``grad_checkpoint`` each training chunk's activations are recomputed in backward, so
         training memory is that of one chunk rather than of all B x B pairs. ``cross_dim``,
-        ``cross_heads``, ``cross_filters`` default to ``d``, ``heads``, ``filters`` (the paper);
+        ``cross_heads``, ``cross_filters`` default to ``d``, ``heads``, ``filters`` (the paper; a
+        narrower cross unit's FFN is ``cross_dim`` wide, as Eq. 4's is d wide);
         ``train_negatives`` = 0 scores all B x B pairs in training (the paper)."""
         super().__init__()
         ff_dim = ff_dim or d
