@@ -87,7 +87,9 @@ def make_faiss(vectors: np.ndarray, kind: str, seed: int = 0, metric: str = "ip"
         index = faiss.IndexIVFFlat(faiss.IndexFlat(d, faiss_metric), d, nlist, faiss_metric)
         rng = np.random.default_rng(seed)
         index.train(vectors[rng.choice(n, min(n, 64 * nlist), replace=False)])  # 64 points per list
-        index.nprobe = min(nlist, 16)
+        # 64 of ~4,000 lists at 1M: recall@10 0.96 for text queries, 0.86 at 16, in ~the same time
+        # (results/search-scale.json)
+        index.nprobe = min(nlist, 64)
     index.add(vectors)
     return index
 
