@@ -164,10 +164,49 @@ def cmd_eval(args) -> int:
     except KeyError as e:  # a checkpoint naming no registered model
         raise checkpoint.CheckpointError(f"{stem.with_suffix('.json')}: {e.args[0]}") from None
     if (args.protocol or learns_from) == "labels":
+        if learns_from == "pairs":
+            return _eval_pair_model_labels(args)
         if args.set:
             raise SystemExit("xmr eval: --set applies to pair evaluation (R@K), not to the label protocol")
         return _eval_labels(args)
     return _eval_pairs(args)
+
+
+def _eval_pair_model_labels(args) -> int:
+    """A pair model's run on the label protocol: its --split's images and captions as queries
+    against the training split (``xmr.eval.label_pairs``); a pairwise model ranks by two-step
+    retrieval at --two-step K (default 100)."""
+    from xmr.data import open_split
+    from xmr.data.keyword_labels import with_labels
+    from xmr.eval.label_pairs import label_protocol
+    from xmr.eval.labelled import format_labelled
+    from xmr.runs import open_run
+
+    if args.no_exhaustive or args.kshot or args.first_stage or args.folds != 1 or args.plot:
+        raise SystemExit("xmr eval --protocol labels: --two-step K and --set apply; --no-exhaustive, --kshot, "
+                         "--first-stage, --folds and --plot do not")
+    if args.two_step and len(args.two_step) > 1:
+        raise SystemExit("xmr eval --protocol labels: one --two-step K")
+    k = args.two_step[0] if args.two_step else 100
+    trained = open_run(args.run, args.checkpoint, _overrides(args.set))
+    data_name = args.data or trained.meta["data"]
+    split = {s: trained.data(s, args.data, Path(args.cache), on_bad_input=args.on_bad_input)
+             for s in (args.split, "train")}
+    labels = {s: with_labels(open_split(data_name, s)).labels for s in split}
+    for s, d in split.items():
+        if len(labels[s]) != d.n_images:
+            raise SystemExit(f"xmr eval --protocol labels: {s} has {len(labels[s])} labelled images but "
+                             f"{d.n_images} with features (left out by --on-bad-input skip?)")
+    result = label_protocol(trained.model, split[args.split], split["train"], labels[args.split], labels["train"],
+                            k=k, map_at=args.map_at, progress=True)
+    print(f"{args.split} queries, database = training split of the target modality, ranked by {result['ranking']}")
+    print(format_labelled(result))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"run": args.run_name, "checkpoint": args.checkpoint, "data": data_name,
+                                               "epoch": trained.meta.get("epoch"), "split": args.split,
+                                               "model_overrides": _overrides(args.set), **result}, indent=1))
+    return 0
 
 
 def _eval_labels(args) -> int:
@@ -402,7 +441,8 @@ def _eval_options(e: argparse.ArgumentParser) -> None:
     e.add_argument("--split", default="test")
     e.add_argument("--data", help="dataset spec (default: the one the run was trained on)")
     e.add_argument("--protocol", choices=["pairs", "labels"], help="R@K on image-sentence pairs, or label mAP "
-                   "(default: what the run's model learns from; a CMMN run on flickr8k has both)")
+                   "(default: what the run's model learns from; a CMMN run on flickr8k has both; a pair "
+                   "model's split queries the training split by shared labels, pairwise ones by two-step K)")
     e.add_argument("--map-at", type=int, default=500, help="labels: also report mAP over the top N (mAP@N)")
     e.add_argument("--folds", type=int, default=1, help="5 for COCO 1K (mean over five 1K folds)")
     e.add_argument("--checkpoint", default="best", choices=["best", "last"])
