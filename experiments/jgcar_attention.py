@@ -1,8 +1,9 @@
 """JGCAR attention pictures (the paper's Figures 2-4): for a few test images, the image with the
 co-attention heat-map a^v over its grid cells (Eq. 13) and the top-3 words by a^s, for the caption
-the model ranks first among all test captions (two-step, K = 100).
+the model ranks first among all test captions (two-step, K = 100). With MiniLM states as the
+words (``text_input="bert"``) the words are MiniLM's word pieces, [CLS] and [SEP] included.
 
-    .venv/bin/python experiments/jgcar_attention.py RUN OUT.png [--images 0 7 21 42]
+    .venv/bin/python experiments/jgcar_attention.py RUN OUT.png [--images 0 7 21 42] [--set KEY=VALUE]
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch
 from xmr.data import open_split
 from xmr.data.text import tokenize
 from xmr.eval.evaluate import encode, take
+from xmr.options import key_values
 from xmr.runs import open_run
 
 
@@ -23,9 +25,11 @@ def main() -> None:
     p.add_argument("out")
     p.add_argument("--images", type=int, nargs="+", default=[0, 7, 21, 42])
     p.add_argument("--k", type=int, default=100)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a scoring setting, as in xmr eval --set (e.g. global_weight=1)")
     args = p.parse_args()
     torch.set_num_threads(2)
-    trained = open_run(args.run)
+    trained = open_run(args.run, overrides=key_values(args.set, p.error))
     model, meta = trained.model, trained.meta
     data = trained.data("test", progress=False)
     split = open_split(meta["data"], "test")
@@ -42,12 +46,19 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if "bert" in model.inputs.text:
+        from xmr.backbones import minilm
+
+        tokenizer = minilm()[0]
+        words_of = lambda caption: tokenizer.convert_ids_to_tokens(tokenizer(caption)["input_ids"])  # noqa: E731
+    else:
+        words_of = tokenize
     side = int(round(a_v.size(1) ** 0.5))
     fig, axes = plt.subplots(2, len(q), figsize=(3.2 * len(q), 6.4))
     for col, (i, c) in enumerate(zip(q.tolist(), best.tolist())):
         photo = split.load_image(i).resize((224, 224))
         heat = a_v[col].view(side, side).numpy()
-        words = tokenize(split.captions[c])[: a_s.size(1)]
+        words = words_of(split.captions[c])[: a_s.size(1)]
         top = np.argsort(-a_s[col, : len(words)].numpy())[:3]
         axes[0, col].imshow(photo)
         axes[0, col].set_title("correct" if data.caption_image[c] == i else "not a ground-truth caption", fontsize=8)

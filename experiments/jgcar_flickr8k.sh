@@ -1,72 +1,110 @@
 #!/usr/bin/env bash
-# JGCAR on Flickr8k (keyword labels from the captions, xmr/data/keyword_labels.py): the joint model
-# (cpu preset) with exhaustive and two-step test evaluation (the K-curve), then the variants of
-# Tables 1-3 on a reduced budget: GRL (beta = 1), SGCAR (a separately trained co-attention,
-# beta = 0, re-ranking GRL's shortlist), JGCAR, JGCAR^v1 (no J2, J3) and JGCAR^v2 (no J4), each at
-# d = 8, 16, 256; all evaluated by two-step retrieval, K = 100, with R@20/50/100.
-# Regenerates results/jgcar-flickr8k/. Re-running resumes unfinished runs and reuses finished ones.
-#   bash experiments/jgcar_flickr8k.sh [dev|main|variants|all]   (default all)
-# dev: the short dev trials that chose the cpu preset's negatives and learning rate
-# (1,000 training images, 2 epochs, dev rsum on 300 images) -> results/jgcar-flickr8k/dev-trials.json
+# JGCAR on Flickr8k, on the VSE++ baseline's inputs (EfficientNet-Lite2 9x9 grid cells at 260^2,
+# frozen MiniLM token states as the words; keyword labels from the captions for J2 / J3,
+# xmr/data/keyword_labels.py). Regenerates results/jgcar-flickr8k/. Re-running resumes unfinished
+# runs and reuses finished ones.
+#   bash experiments/jgcar_flickr8k.sh [trials|main|grl|seed|variants|all]   (default all)
+#   trials   the short dev trials that chose the cpu preset's lambda4 and gamma (2,000 training
+#            images, 1 epoch, dev two-step K = 20) -> dev-trials.{md,json}
+#   main     the cpu preset (6 epochs, ~4 min each on 2 cores); the re-rank's weight w of Omega
+#            (score = co-attentive cosine + w Omega; w = 0 is the paper's) chosen on dev by two-step
+#            K = 20 (the trained weights scored with each w: xmr eval --set global_weight=W); then
+#            test at that w: exhaustive and two-step K = 10 ... 200, attention maps
+#   grl      the same budget with beta = 1 (the global representation alone, GRL): the control for
+#            "the co-attention improves on the global part"
+#   seed     the main model again with seed 1 (the spread between seeds for the claims)
+#   variants Tables 1-3 on a reduced budget, 2 seeds each: GRL, SGCAR (co-attention trained alone,
+#            re-ranking GRL's shortlist), JGCAR, JGCAR^v1 (no J2, J3), JGCAR^v2 (no J4); test by
+#            two-step K = 20 at the chosen w
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=jgcar PRESET=cpu
 source experiments/common.sh
+EXTRACTOR=efficientnet-lite2-260
 RUNS=${RUNS:-runs/jgcar-f8k}
 OUT=results/jgcar-flickr8k
-VAR_IMAGES=${VAR_IMAGES:-1000}
-VAR_EPOCHS=${VAR_EPOCHS:-2}
+DEV_K=20
+WEIGHTS=${WEIGHTS:-"0 0.5 1 2 4"}
 STAGE=${1:-all}
 mkdir -p "$OUT" "$RUNS"
-$XMR features flickr8k >/dev/null
+$XMR features flickr8k --extractor $EXTRACTOR >/dev/null
+on() { [ "$STAGE" = "$1" ] || [ "$STAGE" = all ]; }
+chosen_w() { cat "$OUT/chosen-global-weight.txt"; }
 
-if [ "$STAGE" = dev ] || [ "$STAGE" = all ]; then
-  DEV_RUNS=runs/jgcar-dev
-  trial() {  # name, then overrides
-    local name=$1; shift
-    RUNS=$DEV_RUNS train "$name" --set train_images=1000 --set epochs=2 --set dev_images=300 "$@"
+if on trials; then
+  TRIAL=(--extractor $EXTRACTOR --set train_images=2000 --set epochs=1)
+  rows=()
+  trial() {  # run name, table label, then overrides
+    local name=$1 label=$2; shift 2
+    RUNS=$RUNS/trials train "$name" "${TRIAL[@]}" "$@"
+    RUNS=$RUNS/trials dev_eval "$name" "$RUNS/trials/$name/dev.json"
+    rows+=("$label=$RUNS/trials/$name/dev.json")
   }
-  mkdir -p "$DEV_RUNS"
-  trial hard-false --set hard_negatives=false --set lr=2e-4
-  trial hard-true --set hard_negatives=true --set lr=2e-4
-  trial hard-lr1e-3 --set hard_negatives=true --set lr=1e-3
-  trial hard-lr3e-3 --set hard_negatives=true --set lr=3e-3
-  .venv/bin/python -c "
-import json, sys
-rows = {n: json.load(open(f'$DEV_RUNS/{n}/best.json'))['dev']['rsum'] for n in sys.argv[1:]}
-print(json.dumps(rows, indent=1))" hard-false hard-true hard-lr1e-3 hard-lr3e-3 > "$OUT/dev-trials.json"
+  mkdir -p "$RUNS/trials"
+  trial l4-1e-4 "lambda4 1e-4, gamma 10" --set lambda4=1e-4
+  trial l4-1e-5 "lambda4 1e-5, gamma 10 (the preset)" --set lambda4=1e-5
+  trial l4-1e-5-g30 "lambda4 1e-5, gamma 30" --set lambda4=1e-5 --set gamma=30
+  trial l4-1e-5-grl "lambda4 1e-5, beta 1 (GRL)" --set lambda4=1e-5 --set beta=1
+  .venv/bin/python experiments/ablation_table.py "$OUT/dev-trials" \
+    "JGCAR dev trials (2,000 training images, 1 epoch, dev two-step K=$DEV_K)" "${rows[@]}"
 fi
-if [ "$STAGE" = main ] || [ "$STAGE" = all ]; then
-  train joint
-  evaluate joint "$OUT/test.json" --two-step 10 20 50 100 200 --plot "$OUT/k_curve.png"
-  cp "$RUNS/joint/metrics.jsonl" "$RUNS/joint/curve.png" "$RUNS/joint/config.json" "$OUT/"
-  .venv/bin/python experiments/jgcar_attention.py "$RUNS/joint" "$OUT/attention.png"
-fi
-[ "$STAGE" = variants ] || [ "$STAGE" = all ] || exit 0
 
-VAR=(--set "train_images=$VAR_IMAGES" --set "epochs=$VAR_EPOCHS" --set dev_images=300)
-variant() {  # name, then overrides
-  local name=$1; shift
-  train "$name" "${VAR[@]}" "$@"
-  evaluate "$name" "$RUNS/$name/test-k100.json" --two-step 100 --no-exhaustive
-}
-variant grl --set beta=1
-variant coattention --set beta=0 --set dev_rerank_k=0  # its own global part is untrained: validate exhaustively
-evaluate coattention "$RUNS/coattention/test-sgcar-k100.json" --two-step 100 --no-exhaustive --first-stage "$RUNS/grl"
-variant jgcar-d256
-variant v1-d256 --set lambda2=0 --set lambda3=0
-variant v2-d256 --set lambda4=0
-for d in 8 16; do
-  variant "v1-d$d" --set lambda2=0 --set lambda3=0 --set d=$d
-  variant "v2-d$d" --set lambda4=0 --set d=$d
-  variant "jgcar-d$d" --set d=$d
-done
-.venv/bin/python experiments/ablation_table.py "$OUT/variants" \
-  "JGCAR variants (Flickr8k test, $VAR_IMAGES training images, $VAR_EPOCHS epochs, two-step K = 100)" \
-  "GRL=$RUNS/grl/test-k100.json" "SGCAR=$RUNS/coattention/test-sgcar-k100.json" \
-  "JGCAR d=256=$RUNS/jgcar-d256/test-k100.json" "JGCAR^v1 d=256=$RUNS/v1-d256/test-k100.json" \
-  "JGCAR^v2 d=256=$RUNS/v2-d256/test-k100.json" "JGCAR^v1 d=16=$RUNS/v1-d16/test-k100.json" \
-  "JGCAR^v2 d=16=$RUNS/v2-d16/test-k100.json" "JGCAR^v1 d=8=$RUNS/v1-d8/test-k100.json" \
-  "JGCAR^v2 d=8=$RUNS/v2-d8/test-k100.json" "JGCAR d=16=$RUNS/jgcar-d16/test-k100.json" \
-  "JGCAR d=8=$RUNS/jgcar-d8/test-k100.json"
+if on main; then
+  train joint --extractor $EXTRACTOR
+  dev_sweep joint global_weight "$OUT/dev-global-weight" \
+    "JGCAR re-rank weight of Omega on dev (score = cos(v_bar, s_bar) + w Omega, two-step K=$DEV_K)" $WEIGHTS \
+    > "$OUT/chosen-global-weight.txt"
+  cp "$RUNS/joint/dev-global_weight-$(chosen_w).json" "$OUT/dev-chosen.json"  # with its first stage's dev metrics
+  evaluate joint "$OUT/test.json" --set global_weight="$(chosen_w)" --two-step 10 20 50 100 200 \
+    --plot "$OUT/k_curve.png"
+  cp "$RUNS/joint/metrics.jsonl" "$RUNS/joint/curve.png" "$RUNS/joint/config.json" "$OUT/"
+  .venv/bin/python experiments/jgcar_attention.py "$RUNS/joint" "$OUT/attention.png" --set global_weight="$(chosen_w)"
+fi
+
+if on grl; then
+  train grl --extractor $EXTRACTOR --set beta=1 --set dev_rerank_k=null
+  evaluate grl "$OUT/test-grl.json"
+  evaluate grl "$RUNS/grl/dev.json" --split dev
+  cp "$RUNS/grl/dev.json" "$OUT/dev-grl.json"
+  cp "$RUNS/grl/metrics.jsonl" "$OUT/metrics-grl.jsonl"
+fi
+
+if on seed; then
+  train joint-s1 --extractor $EXTRACTOR --seed 1
+  dev_eval joint-s1 "$RUNS/joint-s1/dev-w-chosen.json" --set global_weight="$(chosen_w)"
+  .venv/bin/python experiments/ablation_table.py "$OUT/dev-seeds" \
+    "JGCAR seeds on dev (w $(chosen_w), two-step K=$DEV_K)" \
+    "seed=0=$RUNS/joint/dev-global_weight-$(chosen_w).json" "seed=1=$RUNS/joint-s1/dev-w-chosen.json"
+fi
+
+if on variants; then
+  VAR=(--extractor $EXTRACTOR --set "train_images=${VAR_IMAGES:-2000}" --set "epochs=${VAR_EPOCHS:-2}"
+       --set "lr_decay_epochs=[1]")
+  W="$(chosen_w)"
+  rows=()
+  for seed in 0 1; do
+    variant() {  # name, then overrides
+      local name=$1-s$seed; shift
+      train "$name" "${VAR[@]}" --seed $seed "$@"
+      evaluate "$name" "$RUNS/$name/test-k$DEV_K.json" --two-step $DEV_K --no-exhaustive --set global_weight=$W
+    }
+    variant var-grl --set beta=1 --set dev_rerank_k=null
+    # SGCAR: its own global part is untrained, so it validates exhaustively (200 dev images against
+    # their 1,000 captions: 200k co-attentive pairs) and re-ranks GRL's list.
+    variant var-coattention --set beta=0 --set dev_rerank_k=null --set dev_images=200
+    evaluate var-coattention-s$seed "$RUNS/var-coattention-s$seed/test-sgcar-k$DEV_K.json" --two-step $DEV_K \
+      --no-exhaustive --set global_weight=0 --first-stage "$RUNS/var-grl-s$seed"
+    variant var-jgcar
+    variant var-v1 --set lambda2=0 --set lambda3=0
+    variant var-v2 --set lambda4=0
+    rows+=("GRL seed $seed=$RUNS/var-grl-s$seed/test-k$DEV_K.json"
+           "SGCAR seed $seed=$RUNS/var-coattention-s$seed/test-sgcar-k$DEV_K.json"
+           "JGCAR seed $seed=$RUNS/var-jgcar-s$seed/test-k$DEV_K.json"
+           "JGCAR^v1 seed $seed=$RUNS/var-v1-s$seed/test-k$DEV_K.json"
+           "JGCAR^v2 seed $seed=$RUNS/var-v2-s$seed/test-k$DEV_K.json")
+  done
+  .venv/bin/python experiments/ablation_table.py "$OUT/variants" \
+    "JGCAR variants (Flickr8k test, ${VAR_IMAGES:-2000} training images, ${VAR_EPOCHS:-2} epochs, two-step K=$DEV_K, w=$W)" \
+    "${rows[@]}"
+fi
 .venv/bin/python -c "import json; from xmr.machine import machine_info; print(json.dumps(machine_info()))" > "$OUT/machine.json"

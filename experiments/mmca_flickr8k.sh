@@ -30,13 +30,6 @@ VSEPP_RUN=${VSEPP_RUNS:-runs/vsepp-f8k-levers}/$(cat results/vsepp-flickr8k/chos
 mkdir -p "$OUT" "$RUNS"
 $XMR features flickr8k --extractor $EXTRACTOR >/dev/null
 on() { [ "$STAGE" = "$1" ] || [ "$STAGE" = all ]; }
-dev_eval() {  # run name, dev json, then --set options: two-step at DEV_K on the whole dev split
-  local name=$1 json=$2; shift 2
-  evaluate "$name" "$json" --split dev --two-step $DEV_K --no-exhaustive "$@"  # the later --split wins
-}
-best_setting() {  # ablation table json -> the value after "=" of its best-rsum row
-  .venv/bin/python -c "import json,sys; rows=json.load(open(sys.argv[1])); print(max(rows, key=lambda r: r['rsum'])['setting'].split('=')[1])" "$1"
-}
 
 if on lrconst; then
   train lr-constant --extractor $EXTRACTOR --set epochs=5 --set "lr_decay_epochs=[7]"
@@ -45,14 +38,8 @@ fi
 
 if on main; then
   train full --extractor $EXTRACTOR
-  rows=()
-  for a in $ALPHAS; do
-    dev_eval full "$RUNS/full/dev-alpha-$a.json" --set alpha=$a
-    rows+=("alpha=$a=$RUNS/full/dev-alpha-$a.json")
-  done
-  .venv/bin/python experiments/ablation_table.py "$OUT/dev-alpha" \
-    "MMCA alpha on dev (the full model's weights, S = i0.c0 + alpha i1.c1, two-step K=$DEV_K)" "${rows[@]}"
-  ALPHA=$(best_setting "$OUT/dev-alpha.json")
+  ALPHA=$(dev_sweep full alpha "$OUT/dev-alpha" \
+    "MMCA alpha on dev (the full model's weights, S = i0.c0 + alpha i1.c1, two-step K=$DEV_K)" $ALPHAS)
   echo "$ALPHA" > "$OUT/chosen-alpha.txt"
   evaluate full "$OUT/test.json" --set alpha=$ALPHA --two-step 10 20 50 100 200 --plot "$OUT/k_curve.png"
   [ -f "$VSEPP_RUN/best.json" ] || bash experiments/vsepp_flickr8k.sh

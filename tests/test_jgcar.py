@@ -13,6 +13,7 @@ import torch
 from conftest import SYNTHETIC_SMALL as DATA
 from xmr.data.base import Split
 from xmr.data.keyword_labels import LABEL_NAMES, keyword_labels
+from xmr.interface import BERT_DIM, BERT_MAX_LEN
 from xmr.models import create_model, get_preset
 from xmr.models.jgcar import bi_rank, decorrelation_loss, intra_triplet_loss
 from xmr.train import TrainConfig, train
@@ -99,6 +100,51 @@ def test_aligned_pairs_equal_all_pairs_and_padding_is_ignored():
     a_v, a_s = model.attention_maps(img, txt)
     torch.testing.assert_close(a_v.sum(-1), torch.ones(6))
     assert (a_s[pad[:, : a_s.size(1)]] == 0).all()
+
+
+def bert_batch(n: int, seed: int = 2) -> dict:
+    """A batch with MiniLM-like token states (right-padded to BERT_MAX_LEN) instead of token ids."""
+    g = torch.Generator().manual_seed(seed)
+    b = batch(n, seed)
+    lengths = torch.randint(2, 9, (n,), generator=g)
+    mask = torch.arange(BERT_MAX_LEN)[None] < lengths[:, None]
+    states = torch.randn(n, BERT_MAX_LEN, BERT_DIM, generator=g) * mask[..., None]
+    return {**b, "bert": states.half(), "bert_mask": mask}
+
+
+@torch.no_grad()
+def test_bert_words_normalised_globals_and_the_global_weight():
+    model = small_model(text_input="bert", normalize=True).eval()
+    assert model.inputs.text == ("tokens", "bert") and model.inputs.labels
+    b = bert_batch(5)
+    img, txt = model.encode_images(b), model.encode_texts(b)
+    assert txt["S"].shape[:2] == (5, BERT_MAX_LEN)
+    torch.testing.assert_close(img["g"].norm(dim=-1), torch.ones(5))
+    torch.testing.assert_close(txt["g"].norm(dim=-1), torch.ones(5))
+    # The words are the states: junk in padding positions changes no score, a real word does.
+    junk = dict(b, bert=b["bert"].clone())
+    junk["bert"][~b["bert_mask"]] = 9.0
+    coatt = model.similarity(img, txt)
+    torch.testing.assert_close(model.similarity(img, model.encode_texts(junk)), coatt, rtol=0, atol=1e-5)
+    moved = dict(b, bert=b["bert"].clone())
+    moved["bert"][:, 0] += 1.0
+    assert not torch.allclose(model.similarity(img, model.encode_texts(moved)), coatt)
+    # global_weight w adds w * Omega to the co-attentive cosine, in both scoring forms.
+    fused = small_model(text_input="bert", normalize=True, global_weight=2.0).eval()
+    scores = fused.similarity(img, txt)
+    torch.testing.assert_close(scores, coatt + 2.0 * img["g"] @ txt["g"].T)
+    torch.testing.assert_close(fused.pair_similarity(img, txt), scores.diagonal())
+    with pytest.raises(ValueError, match="text_input"):
+        small_model(text_input="glove")
+
+
+def test_bert_model_trains_and_its_loss_reaches_the_encoders():
+    model = small_model(text_input="bert", normalize=True, global_weight=1.0).train()
+    b = bert_batch(6)
+    parts = model.loss(model.encode_images(b), model.encode_texts(b), b)
+    parts["loss"].backward()
+    assert model.text.convs[0].weight.grad.abs().sum() > 0 and model.image_fc.weight.grad.abs().sum() > 0
+    assert model.word_embed is None  # no learned W_e when the words are MiniLM states
 
 
 def test_beta_one_is_the_global_model_and_loss_parts():

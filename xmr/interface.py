@@ -26,6 +26,7 @@ SPECIALS = (PAD, UNK, BOS, EOS)
 
 BERT_DIM = 384  # all-MiniLM-L6-v2 token states (xmr.features.text), standing in for BERT-base
 BERT_LAYERS = 6  # its transformer layers
+BERT_MAX_LEN = 32  # token positions per caption in the cached states (xmr.features.text)
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from xmr.backbones import minilm as load_bert
 from xmr.features import onnx_runtime
-from xmr.interface import BERT_DIM, BERT_LAYERS
+from xmr.interface import BERT_DIM, BERT_LAYERS, BERT_MAX_LEN
 
 RUNTIMES = onnx_runtime.RUNTIMES
 # What "equal states" means between the runtimes, checked by tests/test_text_runtime.py: the fp32
@@ -64,7 +64,7 @@ def load_encoder(runtime: str = "torch", tail_layers: int = 0, folder: str | Pat
     return tokenizer, onnx_runtime.OnnxText(path, layer, torch.get_num_threads())
 
 
-def bert_encode(captions: list[str], tokenizer, model, max_len: int = 32, tail_layers: int = 0,
+def bert_encode(captions: list[str], tokenizer, model, max_len: int = BERT_MAX_LEN, tail_layers: int = 0,
                 padding: str = "max_length") -> tuple[np.ndarray, np.ndarray]:
     """fp16 token states (N, max_len, 384) and bool masks (N, max_len) of a few captions: the final
     layer's, or with ``tail_layers=k`` those entering the last ``k`` layers (layer ``6 - k``'s output).
@@ -85,7 +85,7 @@ def bert_encode(captions: list[str], tokenizer, model, max_len: int = 32, tail_l
     return hidden.numpy().astype(np.float16), enc["attention_mask"].numpy().astype(bool)
 
 
-def bert_states(captions: list[str], out: str | Path, split: str, max_len: int = 32,
+def bert_states(captions: list[str], out: str | Path, split: str, max_len: int = BERT_MAX_LEN,
                 batch_size: int = 128, progress: bool = True,
                 tail_layers: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Token states and attention masks of every caption (see ``bert_encode`` for ``tail_layers``),
