@@ -78,7 +78,7 @@ if on seed; then
 fi
 
 if on variants; then
-  VAR=(--extractor $EXTRACTOR --set "train_images=${VAR_IMAGES:-2000}" --set "epochs=${VAR_EPOCHS:-2}"
+  VAR=(--extractor $EXTRACTOR --set "train_images=${VAR_IMAGES:-2000}" --set "epochs=${VAR_EPOCHS:-1}"
        --set "lr_decay_epochs=[1]")
   W="$(chosen_w)"
   rows=()
@@ -104,7 +104,7 @@ if on variants; then
            "JGCAR^v2 seed $seed=$RUNS/var-v2-s$seed/test-k$DEV_K.json")
   done
   .venv/bin/python experiments/ablation_table.py "$OUT/variants" \
-    "JGCAR variants (Flickr8k test, ${VAR_IMAGES:-2000} training images, ${VAR_EPOCHS:-2} epochs, two-step K=$DEV_K, w=$W)" \
+    "JGCAR variants (Flickr8k test, ${VAR_IMAGES:-2000} training images, ${VAR_EPOCHS:-1} epoch(s), two-step K=$DEV_K, w=$W)" \
     "${rows[@]}"
 fi
 .venv/bin/python -c "import json; from xmr.machine import machine_info; print(json.dumps(machine_info()))" > "$OUT/machine.json"

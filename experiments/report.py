@@ -243,6 +243,13 @@ def jgcar_claims(verdict) -> list[str]:
                     f"{two['i2t']['r1']:.1f} / {two['t2i']['r1']:.1f} vs VSE++ {vsepp['i2t']['r1']:.1f} / "
                     f"{vsepp['t2i']['r1']:.1f}, rsum {two['rsum']:.1f} vs {vsepp['rsum']:.1f} (w = {w}); {noise} "
                     "(`jgcar-flickr8k/test.json`) |")
+    grl = load("jgcar-flickr8k/test-grl.json")
+    if two and grl:
+        first = two["first_stage"]
+        rows.append(f"| JGCAR | joint learning beats the global representation trained alone (GRL, beta = 1; Table 1) | "
+                    f"{verdict(two['rsum'], grl['rsum'], spread['rsum'] if spread else 1.0)} | test rsum {two['rsum']:.1f} "
+                    f"(two-step K = 20; its global part alone {first['rsum']:.1f}) vs GRL {grl['rsum']:.1f}, same budget "
+                    "(`jgcar-flickr8k/test-grl.json`) |")
     dev = load("jgcar-flickr8k/dev-chosen.json")
     if dev:
         d = dev["two_step"][0]
