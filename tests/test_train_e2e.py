@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -117,6 +118,31 @@ def test_cli_data_and_features(tmp_path, capsys):
 def test_cli_names_bad_dataset(capsys):
     assert main(["data", "nosuchkind:x"]) == 2
     assert "unknown dataset kind 'nosuchkind'" in capsys.readouterr().err
+
+
+def test_a_death_between_the_metrics_row_and_the_checkpoint_loses_no_row(cache, tmp_path, monkeypatch):
+    """The process dies after writing an epoch's metrics row but before the checkpoint that marks
+    the epoch done (the window a SIGKILL can hit): the resumed run redoes that epoch and ends with
+    every row, as an uninterrupted run."""
+    from xmr import checkpoint
+
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    train(config(cache, full, epochs=2))
+    real = checkpoint.save
+
+    def dies_at_the_last_epoch_end(stem, model, meta, *args, **kwargs):
+        if Path(stem).name == "last" and meta.get("epoch") == 1 and "partial" not in meta:
+            raise KeyboardInterrupt  # where the process would die
+        return real(stem, model, meta, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "save", dies_at_the_last_epoch_end)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(cache, killed, epochs=2))
+    monkeypatch.setattr(checkpoint, "save", real)
+    assert len((killed / "metrics.jsonl").read_text().splitlines()) == 2  # the row came first
+    train(config(cache, killed, epochs=2), resume=True)
+    rows = [[json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()] for run in (full, killed)]
+    assert [r["dev_rsum"] for r in rows[0]] == [r["dev_rsum"] for r in rows[1]] and len(rows[1]) == 2
 
 
 @pytest.mark.parametrize("kill_at", ["epoch end", "mid-epoch"])

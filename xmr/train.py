@@ -16,6 +16,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -496,8 +497,13 @@ def run_stage(model: RetrievalModel, engine: torch.nn.Module, stage: Stage, batc
             elif not best or task.score(dev) > task.score(best):
                 best = {k: v for k, v in dev.items() if k != "ranks"} | {"epoch": epoch}
                 checkpoint.save(out / "best", model, meta(epoch=epoch, dev=best))
+            # The epoch's row before the checkpoint that marks it done: a process killed in between
+            # resumes from the previous checkpoint and drops the extra row (rows[:start]); the other
+            # order would lose the row. Written whole, then renamed, so a kill never leaves half a line.
+            tmp = out / f"metrics.jsonl.{os.getpid()}.tmp"
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            os.replace(tmp, out / "metrics.jsonl")
             checkpoint.save(out / "last", model, meta(stage=stage.name, epoch=epoch, best=best), optimizers)
-            (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
             plot_curve(rows, out / "curve.png", type(task))
         distributed.barrier(ctx)
     return best
