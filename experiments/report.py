@@ -284,7 +284,7 @@ def jgcar_claims(verdict) -> list[str]:
     if jgcar and two_step_row(jgcar, 100):
         k100 = two_step_row(jgcar, 100)
         rows.append(f"| JGCAR | two-step retrieval (K = 100) keeps the exhaustive score's accuracy at a fraction of "
-                    f"the cost | {verdict(k100['rsum'] + 1.0, jgcar['rsum'])} | rsum {k100['rsum']:.1f} two-step vs "
+                    f"the cost | {'holds' if k100['rsum'] >= jgcar['rsum'] - 1.0 else 'does not hold'} | rsum {k100['rsum']:.1f} two-step vs "
                     f"{jgcar['rsum']:.1f} exhaustive, {k100['seconds']['first_stage'] + k100['seconds']['rerank']:.0f} s "
                     f"vs {jgcar['seconds']['total']:.0f} s |")
     return rows
@@ -353,6 +353,7 @@ def figures() -> str:
     pictures = [("MMCA two-step K-curve", "mmca-flickr8k/k_curve.png"), ("MMCA α on dev", "mmca-flickr8k/dev-alpha.png"),
                 ("MMCA cross-branch width", "mmca-flickr8k/dev-cross-dim.png"), ("JGCAR K-curve", "jgcar-flickr8k/k_curve.png"),
                 ("JGCAR attention maps", "jgcar-flickr8k/attention.png"), ("JGCAR variants", "jgcar-flickr8k/variants.png"),
+                ("JGCAR re-rank weight on dev", "jgcar-flickr8k/dev-global-weight.png"),
                 ("CMMN memory size k", "cmmn/k_curve.png"), ("CMMN Jacobian weight λ", "cmmn/lambda_curve.png"),
                 ("ACMM two-step K-curve", "acmm-flickr8k/k_curve.png"),
                 ("ACMM Table 1 ablations", "acmm-flickr8k/ablation-table1.png"),
