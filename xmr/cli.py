@@ -176,7 +176,6 @@ def _eval_pair_model_labels(args) -> int:
     """A pair model's run on the label protocol: its --split's images and captions as queries
     against the training split (``xmr.eval.label_pairs``); a pairwise model ranks by two-step
     retrieval at --two-step K (default 100)."""
-    from xmr.data import open_split
     from xmr.data.keyword_labels import with_labels
     from xmr.eval.label_pairs import label_protocol
     from xmr.eval.labelled import format_labelled
@@ -192,11 +191,7 @@ def _eval_pair_model_labels(args) -> int:
     data_name = args.data or trained.meta["data"]
     split = {s: trained.data(s, args.data, Path(args.cache), on_bad_input=args.on_bad_input)
              for s in (args.split, "train")}
-    labels = {s: with_labels(open_split(data_name, s)).labels for s in split}
-    for s, d in split.items():
-        if len(labels[s]) != d.n_images:
-            raise SystemExit(f"xmr eval --protocol labels: {s} has {len(labels[s])} labelled images but "
-                             f"{d.n_images} with features (left out by --on-bad-input skip?)")
+    labels = {s: with_labels(d.split).labels for s, d in split.items()}  # of the images it kept
     result = label_protocol(trained.model, split[args.split], split["train"], labels[args.split], labels["train"],
                             k=k, map_at=args.map_at, progress=True)
     print(f"{args.split} queries, database = training split of the target modality, ranked by {result['ranking']}")

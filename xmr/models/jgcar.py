@@ -184,7 +184,7 @@ class JGCAR(RetrievalModel):
         size the position-wise biases b_v, b_s of Eq. 12."""
         super().__init__()
         self.inputs = self.inputs_for(text_input=text_input)
-        self.text_input, self.normalize, self.global_weight = text_input, normalize, float(global_weight)
+        self.normalize, self.global_weight = normalize, float(global_weight)
         self.margin, self.lambdas = margin, (lambda2, lambda3, lambda4)
         self.beta, self.gamma, self.negatives, self.hard_negatives = beta, gamma, negatives, hard_negatives
         self.pair_chunk = max(1, int(pair_chunk))
