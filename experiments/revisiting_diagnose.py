@@ -75,8 +75,8 @@ def main() -> None:
             if split == "train":
                 target = torch.as_tensor(data.caption_image)
                 out["classifier_accuracy"] = {
-                    "images": float((model.classifier(a).argmax(1) == torch.arange(len(a))).float().mean()),
-                    "captions": float((model.classifier(b).argmax(1) == target).float().mean())}
+                    "images": float((model.logits(a).argmax(1) == torch.arange(len(a))).float().mean()),
+                    "captions": float((model.logits(b).argmax(1) == target).float().mean())}
                 idx = np.arange(min(100, data.n_images))
                 pixels = {"images": model.normalise(data.image_batch(idx)["image"]),
                           "captions": model.normalise(model.render_texts(data.text_batch(idx)))}

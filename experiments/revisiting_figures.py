@@ -1,6 +1,7 @@
 """Figures for "Revisiting Cross Modal Retrieval": the t-SNE of test embeddings (Fig. 3: images
 and encoded captions of the Flickr8k test split in one 2-D map, two colours) and a picture of an
-encoded sentence (Sec. 3.1, the block encoding of xmr/data/text_image.py).
+encoded sentence (Sec. 3.1, the block encoding of xmr/data/text_image.py) exactly as the run's
+model draws it (its resolution and text layout), enlarged 4 times.
 
     .venv/bin/python experiments/revisiting_figures.py RUN OUT_DIR
 """
@@ -19,7 +20,7 @@ def main(run: Path, out: Path) -> None:
     import matplotlib.pyplot as plt
     from sklearn.manifold import TSNE
 
-    from xmr.data.text_image import save_example
+    from PIL import Image
     from xmr.eval.evaluate import encode
     from xmr.runs import open_run
 
@@ -37,7 +38,8 @@ def main(run: Path, out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out / "tsne.png", dpi=110)
     plt.close(fig)
-    save_example(data.split.captions[0], out / "encoded-sentence.png")
+    picture = model.render_texts(data.text_batch(np.arange(1)))[0].numpy()
+    Image.fromarray(picture.repeat(4, 0).repeat(4, 1), "RGB").save(out / "encoded-sentence.png")
     print(f"wrote {out / 'tsne.png'} and {out / 'encoded-sentence.png'} ({data.split.captions[0]!r})")
 
 

@@ -73,6 +73,35 @@ def test_layout_keeps_words_inside_config2_crops():
     assert text_layout(256) == {"cell": 4, "gap": 4, "margin": 29}  # BlockEncoder's defaults
 
 
+@pytest.mark.parametrize("resolution, grid", [(96, 4), (128, 4), (128, 5), (256, 4), (64, 3)])
+def test_grid_layout_fills_the_crop_window_with_the_largest_words(resolution, grid):
+    lay, crop = text_layout(resolution, grid), config2_crop(resolution)
+    enc = BlockEncoder((["w"], np.zeros((1, 50), np.float32)), canvas=resolution, clip=0.3, **lay)
+    assert enc.capacity >= grid * grid and lay["gap"] == lay["cell"]  # n words per row (or more)
+    y, x = enc.position(enc.capacity - 1)
+    assert y + enc.block_px <= crop and x + enc.block_px <= crop  # the last word inside every crop
+    bigger = {**lay, "cell": lay["cell"] + 1, "gap": lay["cell"] + 1}
+    try:
+        assert BlockEncoder((["w"], np.zeros((1, 50), np.float32)), canvas=resolution, clip=0.3,
+                            **bigger).rows < grid  # one more pixel per cell no longer fits n per row
+    except ValueError:
+        pass  # not even one word fits
+    assert lay["cell"] >= text_layout(resolution)["cell"]  # never smaller than the scaled layout
+    with pytest.raises(ValueError, match="does not fit"):
+        text_layout(32, 5)
+
+
+def test_renderer_with_grid_layout_equals_block_encoder(vocab, table):
+    renderer = SentenceRenderer(len(vocab), 50, 96, table, grid=4)
+    encoder = BlockEncoder((vocab, table), canvas=96, clip=0.3, **text_layout(96, 4))
+    assert renderer.capacity == 16 and renderer.encoder.cell == 3
+    sentences = [*CAPTIONS, " ".join(["dogs", "red"] * 12)]  # the last one past the capacity
+    toks, lens = vocab.encode_batch(sentences, max_len=60)
+    out = renderer(torch.from_numpy(toks), torch.from_numpy(lens)).numpy()
+    for img, sentence in zip(out, sentences):
+        np.testing.assert_array_equal(img, encoder.encode(sentence))
+
+
 def test_one_network_for_both_modalities(vocab, table):
     model = make_model(vocab, table, trace_frozen=True).eval()
     batch = batch_of(vocab, [0, 1, 2])
@@ -134,10 +163,10 @@ def test_config2_doubles_rows_in_training_only(vocab, table):
     model = make_model(vocab, table, config="2")
     batch = batch_of(vocab, [0, 1, 2])
     model.train()
-    views = model.image_views(batch)
-    assert views.shape[0] == 6
+    views, classes = model.image_views(batch)
+    assert views.shape[0] == 6 and classes.tolist() == [0, 1, 2, 0, 1, 2]
     torch.testing.assert_close(views[3:], batch["image"].flip(2))
-    texts = model.text_views(batch)
+    texts, classes = model.text_views(batch)
     assert texts.shape == (6, 32, 32, 3) and texts.dtype == torch.uint8
     torch.testing.assert_close(texts[:3], model.render_texts(batch))
     img, txt = model(batch)
@@ -147,6 +176,55 @@ def test_config2_doubles_rows_in_training_only(vocab, table):
     model.eval()
     assert model.encode_images(batch)["emb"].shape == model.encode_texts(batch)["emb"].shape == (3, 16)
     assert "label" not in model.encode_images(batch)
+
+
+@pytest.mark.parametrize("resolution", [32, 96])
+def test_config2_text_crops_keep_the_cells(vocab, table, resolution):
+    """A crop is the caption picture shifted by its offset, its pixels unchanged (no resize), black
+    elsewhere, and every word is still whole."""
+    model = make_model(vocab, table, config="2", resolution=resolution)
+    batch = batch_of(vocab, [0, 1, 2, 3], resolution=resolution)
+    full = model.render_texts(batch)
+    torch.manual_seed(3)
+    crops = model.crop_pad(full)
+    crop = config2_crop(resolution)
+    assert crops.shape == full.shape and not crops[:, crop:].any() and not crops[:, :, crop:].any()
+    shifted = 0
+    for f, c in zip(full.numpy(), crops.numpy()):
+        matches = [(y, x) for y in range(resolution - crop + 1) for x in range(resolution - crop + 1)
+                   if np.array_equal(c[:crop, :crop], f[y: y + crop, x: x + crop])]
+        assert matches  # the crop is a window of the picture, pixel for pixel
+        assert c.astype(bool).sum() == f.astype(bool).sum()  # no word cut or lost
+        shifted += matches[0] != (0, 0)
+    assert shifted  # the offsets are random
+
+
+def test_whole_image_batches_encode_each_image_once(vocab, table):
+    model = make_model(vocab, table, batch_by="image").train()
+    batch = batch_of(vocab, [2, 0, 2, 1, 0, 2])  # caption rows: image 2 three times, 0 twice
+    batch["image"][[2, 5]] = batch["image"][0].clone()
+    batch["image"][4] = batch["image"][1].clone()
+    img, txt = model(batch)
+    assert img["label"].tolist() == [0, 1, 2] and txt["label"].tolist() == [2, 0, 2, 1, 0, 2]
+    views, _ = model.image_views(batch)
+    torch.testing.assert_close(views, batch["image"][[1, 3, 0]])
+    assert img["emb"].shape == (3, 16) and txt["emb"].shape == (6, 16)
+    assert torch.isfinite(model.loss(img, txt, batch)["loss"])
+
+
+def test_normalised_embeddings_and_cosine_classifier(vocab, table):
+    model = make_model(vocab, table, normalize=True, logit_scale=10.0).train()
+    batch = batch_of(vocab, [0, 1, 2, 3])
+    img, txt = model(batch)
+    for reps in (img, txt):
+        torch.testing.assert_close(reps["emb"].norm(dim=1), torch.ones(4))
+    logits = model.logits(img["emb"])
+    assert logits.abs().max() <= 10.0 + 1e-4  # scale x cosine
+    w = torch.nn.functional.normalize(model.classifier.weight, dim=1)
+    torch.testing.assert_close(logits, 10.0 * img["emb"] @ w.T)
+    # Euclidean ranking of unit vectors is cosine ranking
+    s = model.similarity(img, txt)
+    torch.testing.assert_close(s, 2 * img["emb"] @ txt["emb"].T - 2, atol=1e-5, rtol=1e-5)
 
 
 def test_pixel_cache(make_flickr8k, tmp_path, monkeypatch):
@@ -188,3 +266,28 @@ def test_train_and_evaluate_end_to_end(tmp_path, feature_cache):
     assert test.image_batch(np.arange(2))["image"].dtype == torch.uint8
     result = evaluate(model, test)
     assert 0 <= result["i2t"]["r1"] <= 100 and np.isfinite(result["rsum"])
+
+
+def test_centre_classifier_and_centre_update_order(vocab, table):
+    with pytest.raises(ValueError, match="normalize"):
+        make_model(vocab, table, classifier="centres")
+    batch = batch_of(vocab, [0, 1, 2, 3])
+    for order in ("after", "before"):
+        torch.manual_seed(0)
+        model = make_model(vocab, table, normalize=True, classifier="centres", center_update=order,
+                           logit_scale=5.0).train()
+        assert model.classifier is None
+        model.center.centers[2:] = torch.randn(2, 16)  # classes 0 and 1 never seen: zero centres
+        img, txt = model(batch)
+        x, y = torch.cat([img["emb"], txt["emb"]]), torch.cat([img["label"], txt["label"]])
+        old = model.center.centers.clone()
+        logits = model.logits(x)
+        assert (logits[:, :2] == 0).all()  # an unseen class scores 0
+        torch.testing.assert_close(logits[:, 2:], 5.0 * x @ torch.nn.functional.normalize(old[2:], dim=1).T)
+        parts = model.loss(img, txt, batch)
+        new = model.center.centers
+        assert not torch.allclose(new, old)  # the centres moved once either way
+        used = old if order == "after" else new  # the centres the center loss measured against
+        expected = 0.5 * (x.detach() - used[y]).pow(2).sum(1).mean()
+        torch.testing.assert_close(parts["center"], expected)
+        assert torch.isfinite(parts["softmax_image"]) and torch.isfinite(parts["softmax_text"])

@@ -126,3 +126,38 @@ class PairData:
 
     def n_train_batches(self, batch_size: int) -> int:
         return self.n_captions // batch_size
+
+    def by_image(self) -> "ImageBatches":
+        """The same data batched per image: every caption of an image in one batch."""
+        return ImageBatches(self)
+
+
+class ImageBatches:
+    """Training batches of whole images: each batch is ``k`` images with *all* their captions
+    (Revisiting, Sec. 4.2: 45 images x 5 captions), so an epoch shows every image once and every
+    caption once. ``batch_size`` counts captions, as for per-caption batches: ``k = batch_size //
+    c`` images, ``c`` the split's mean captions per image (5 for Flickr8k and COCO). Rows are
+    caption rows as in ``PairData.pair_batch`` (an image repeats once per caption; ``image_index``
+    names it, so a model can encode each image once).
+    """
+
+    def __init__(self, data: PairData):
+        self.data = data
+        order = np.argsort(data.caption_image, kind="stable")
+        counts = np.bincount(data.caption_image, minlength=data.n_images)
+        self.captions_of = np.split(order, np.cumsum(counts)[:-1])  # caption ids of each image
+        self.per_image = max(1, round(data.n_captions / max(1, int((counts > 0).sum()))))
+        self.images = np.flatnonzero(counts > 0)
+
+    def images_per_batch(self, batch_size: int) -> int:
+        return max(1, batch_size // self.per_image)
+
+    def n_train_batches(self, batch_size: int) -> int:
+        return len(self.images) // self.images_per_batch(batch_size)
+
+    def train_batches(self, batch_size: int, rng: np.random.Generator) -> Iterator[dict]:
+        k = self.images_per_batch(batch_size)
+        order = rng.permutation(self.images)
+        for s in range(0, len(order) - k + 1, k):  # drop the ragged last batch
+            caps = np.concatenate([self.captions_of[i] for i in order[s: s + k]])
+            yield self.data.pair_batch(caps, self.data.augment, rng)

@@ -17,9 +17,13 @@ drawn by the model itself (``SentenceRenderer``) with Gallo et al.'s block encod
 standing in for word2vec: the ``word_init`` rows the training loop passes, aligned with the
 vocabulary) becomes a 5 x 5 square of RGB cells, one triplet of components per cell, on a black
 R x R canvas in reading order; the quantised cells are a buffer, so checkpoints carry them. The
-layout scales with R (``text_layout``): cell = gap = round(4R/256) px, margin = R - round(227R/256)
-(the 227/256 crop of config 2 never cuts a word), giving an 8 x 8 grid (64 words) at 256² and 128²,
-6 x 6 (36) at 96², 4 x 4 (16) at 32². Words past the capacity are dropped (and the token ids hold
+layout (``text_layout``) keeps margin = R - round(227R/256), so that the 227/256 crop of config 2
+never cuts a word, and either scales Gallo's 256² layout with R (``text_grid=None``, the ``paper``
+presets: cell = gap = round(4R/256) px, an 8 x 8 grid of words at 256², 6 x 6 at 96²) or makes
+the words as large as the canvas allows with ``text_grid=n`` words per row (the ``cpu`` presets:
+n = 4 at 96² gives 3-px cells, 15-px words, 16 words; Flickr8k captions have 10.8 words on
+average, 7.5 % more than 16): at 96² Gallo's 2-px cells and 10-px words go into a stride-2 stem
+and fill the top third of the canvas. Words past the capacity are dropped (and the token ids hold
 at most the recipe's ``max_len``, 50, tokens to begin with; captions are ~12 words); unknown words
 (``<unk>``: not in the training vocabulary) are skipped, the next word taking their place, as in
 ``BlockEncoder(unknown="skip")``. Rendering is vectorised over the batch: kept tokens get their
@@ -47,19 +51,31 @@ Wen et al.'s centre update with rate ``center_alpha``), L_softmax a cross-entrop
 one center loss is always paired with (Wen et al., ECCV 2016): center loss alone is minimised by
 collapsing every feature (and centre) onto one point, which ranks nothing; the softmax term keeps
 classes apart, center loss pulls each class together. ``lambda`` = ``center_weight`` (0.01;
-Wen et al. use 0.003-0.01). The centres move inside ``loss`` (in training mode), after the loss is
-computed from the old ones: the training loop calls ``loss`` once per step, and the update uses the
-step's features whether it comes before or after the optimiser step (Wen et al., Algorithm 1).
+Wen et al. use 0.003-0.01). The centres move inside ``loss`` (in training mode), by default after
+the loss is computed from the old ones (``center_update="after"``, Wen et al., Algorithm 1);
+``"before"`` moves them with the batch first, so that a batch of whole images (below) is pulled
+towards centres that already hold its own image. The loss logs the softmax term of each modality
+(``softmax_image``, ``softmax_text``): does the network read the captions?
 
-**Data configurations (Sec. 4.1).** ``config="standard"``: each row is an image and one of its
-encoded captions (the loss sees B images and B texts). ``config="2"``, training only: each image
-also gives its horizontal flip and each encoded caption a random crop of 227/256 of its side
-(``round(227R/256)``), resized back to R x R (bilinear), all four in the row's class, so the loss sees
-2B images and 2B texts; evaluation encodes each item once, unaugmented. Batches: xmr's loop
-batches per caption, the paper takes 45 images with their 5 captions each; the ``paper`` presets
-use 225 captions per batch (45 x 5 pairs), the same number of encoded captions per step, with the
-images of those captions: a batch then holds about 225 classes of 2 members (4 in config 2) rather
-than 45 of 6, and each image recurs over an epoch once per caption.
+Working choices, off in the ``paper`` presets: ``normalize`` l2-normalises the 128-d embedding and
+turns the classifier into a cosine classifier (unit class weights, logits times ``logit_scale``;
+Euclidean ranking of unit vectors is cosine ranking, and an unnormalised embedding can lower the
+softmax term by growing while center loss grows with it); ``classifier="centres"`` scores the
+classes by the cosine to their (running) centres instead of learned weights, so that a class is
+scored from the first time it is seen.
+
+**Data configurations (Sec. 4.1).** ``config="standard"``: each image with its encoded captions.
+``config="2"``, training only: each image also gives its horizontal flip and each encoded caption a
+random crop of 227/256 of its side (``round(227R/256)``), all in the row's class, so the loss sees
+twice the images and texts; evaluation encodes each item once, unaugmented. The crop keeps its
+pixels and is padded with black back to R x R (``crop_pad``): resized, as before, only a quarter of
+the text pixels kept an exact cell colour, so training saw blurred codes and testing clean ones.
+
+**Batches (Sec. 4.2).** The paper takes 45 images with their 5 captions each; ``batch_by="image"``
+(the ``paper`` presets, ``batch_size`` = 225 captions) serves batches of whole images
+(``PairData.by_image``) and encodes each image once, so an epoch shows every image once and every
+caption once. ``batch_by="caption"`` batches per caption as VSE++ does; a batch then holds about B
+classes of 2 members, and an image recurs over an epoch once per caption.
 
 **Retrieval (Sec. 5.2).** ``metric = "l2"``: ``embed`` is the unnormalised 128-d vector and
 ``similarity`` the negative squared Euclidean distance, so evaluation ranks and the search index
@@ -68,6 +84,7 @@ uint8 pixels, and an image query is resized to R x R like the cached images.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -81,23 +98,27 @@ from xmr.losses import CenterLoss
 from xmr.models.base import Inputs, Preset, RetrievalModel, Reps, register
 
 CONFIGS = ("standard", "2")
+BATCH_BY = ("caption", "image")
+CENTER_UPDATES = ("after", "before")
+CLASSIFIERS = ("linear", "centres")
 LITE0_BLOCKS = 16  # MBConv blocks of EfficientNet-Lite0
 TRUNK_DIM = 1280
 EVAL_CHUNK = 128  # items per trunk pass when encoding without gradients (bounds memory at 256²)
 
 PRESETS = {
-    # Sec. 3-5: 256² input, Adam lr 1e-3, 45 images x 5 captions per batch, 128-d, config standard;
+    # Sec. 3-5: 256² input, Adam lr 1e-3, 45 images x 5 captions per batch (batch_size counts the
+    # 225 captions), 128-d, config standard;
     # InceptionResNet-V1 -> EfficientNet-Lite0 from scratch. The paper gives no epoch count or
     # gradient clipping; 30 epochs, no clipping here. Meant for a GPU (450 trunk passes a step).
     "paper": Preset(
         model=dict(resolution=256, embed_dim=128, word_dim=50, pretrained=False, freeze_blocks=0,
-                   config="standard", center_weight=0.01, center_alpha=0.5),
+                   config="standard", center_weight=0.01, center_alpha=0.5, batch_by="image"),
         train=dict(epochs=30, batch_size=225, lr=1e-3, optimizer="adam", grad_clip=0.0),
         note="Nawaz et al. 2018, Sec. 4.2 (InceptionResNet-V1 -> EfficientNet-Lite0, from scratch)",
     ),
     "paper-config2": Preset(
         model=dict(resolution=256, embed_dim=128, word_dim=50, pretrained=False, freeze_blocks=0,
-                   config="2", center_weight=0.01, center_alpha=0.5),
+                   config="2", center_weight=0.01, center_alpha=0.5, batch_by="image"),
         train=dict(epochs=30, batch_size=225, lr=1e-3, optimizer="adam", grad_clip=0.0),
         note="Sec. 4.1 config 2: image + flip, caption + 227/256 crop",
     ),
@@ -124,11 +145,21 @@ PRESETS = {
 }
 
 
-def text_layout(resolution: int) -> dict[str, int]:
-    """BlockEncoder ``cell``, ``gap`` and ``margin`` for an R x R canvas: the 256² defaults (4, 4, 29)
-    scaled by R/256, the margin kept at R minus the config-2 crop so that no crop cuts a word."""
-    cell = max(1, round(4 * resolution / 256))
-    return {"cell": cell, "gap": cell, "margin": resolution - config2_crop(resolution)}
+def text_layout(resolution: int, grid: int | None = None, word_dim: int = 50) -> dict[str, int]:
+    """BlockEncoder ``cell``, ``gap`` and ``margin`` for an R x R canvas. The margin is R minus the
+    config-2 crop, so that no crop cuts a word. ``grid=None``: the 256² defaults (cell = gap = 4,
+    margin 29) scaled by R/256, Gallo's layout (an 8 x 8 grid of words whatever R). ``grid=n``: the
+    largest cell (= gap) at which n words fit per row of the crop window (capacity at least n²),
+    so that words stay as large as the canvas allows at low resolution."""
+    margin = resolution - config2_crop(resolution)
+    if grid is None:
+        cell = max(1, round(4 * resolution / 256))
+        return {"cell": cell, "gap": cell, "margin": margin}
+    block = math.ceil(math.sqrt(math.ceil(word_dim / 3)))  # BlockEncoder's block for RGB triplets
+    cell = (resolution - 2 * margin) // (grid * (block + 1) - 1)
+    if cell < 1:
+        raise ValueError(f"a {grid} x {grid} grid of {block} x {block} words does not fit a {resolution}² canvas")
+    return {"cell": cell, "gap": cell, "margin": margin}
 
 
 def config2_crop(resolution: int) -> int:
@@ -145,9 +176,9 @@ class SentenceRenderer(nn.Module):
     """
 
     def __init__(self, vocab_size: int, word_dim: int, resolution: int, table: np.ndarray | None = None,
-                 clip: float = 0.3, **layout: int):
+                 clip: float = 0.3, grid: int | None = None, **layout: int):
         super().__init__()
-        layout = {**text_layout(resolution), **{k: v for k, v in layout.items() if v is not None}}
+        layout = {**text_layout(resolution, grid, word_dim), **{k: v for k, v in layout.items() if v is not None}}
         # The geometry and value map of Gallo's encoder, from a one-word BlockEncoder.
         self.encoder = BlockEncoder((["-"], np.zeros((1, word_dim), np.float32)), canvas=resolution,
                                     clip=clip, **layout)
@@ -254,6 +285,11 @@ class LiteTrunk(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         net = self.net
         x = self.frozen_features(x) if self.prefix is not None else net._swish(net._bn0(net._conv_stem(x)))
+        return self.tail(x)
+
+    def tail(self, x: torch.Tensor) -> torch.Tensor:
+        """The trained part: the activations after the frozen prefix (or the stem) -> (B, 1280)."""
+        net = self.net
         n = len(net._blocks)
         for i in range(self.freeze_blocks, n):
             x = net._blocks[i](x, drop_connect_rate=self.drop_connect * i / n)
@@ -279,12 +315,25 @@ class Revisiting(RetrievalModel):
                  word_dim: int = 50, word_init: np.ndarray | torch.Tensor | None = None, pretrained: bool = True,
                  freeze_blocks: int = 0, config: str = "standard", center_weight: float = 0.01,
                  center_alpha: float = 0.5, text_clip: float = 0.3, text_cell: int | None = None,
-                 text_gap: int | None = None, text_margin: int | None = None, trace_frozen: bool = True):
+                 text_gap: int | None = None, text_margin: int | None = None, text_grid: int | None = None,
+                 trace_frozen: bool = True,
+                 batch_by: str = "caption", normalize: bool = False, logit_scale: float = 16.0,
+                 center_update: str = "after", classifier: str = "linear"):
         super().__init__()
         if resolution < 32 or resolution % 32:
             raise ValueError(f"resolution must be a multiple of 32 (Lite0's stride), got {resolution}")
         if config not in CONFIGS:
             raise ValueError(f"config must be one of {CONFIGS}, not {config!r}")
+        if batch_by not in BATCH_BY:
+            raise ValueError(f"batch_by must be one of {BATCH_BY}, not {batch_by!r}")
+        if center_update not in CENTER_UPDATES:
+            raise ValueError(f"center_update must be one of {CENTER_UPDATES}, not {center_update!r}")
+        self.batch_by, self.normalize, self.logit_scale = batch_by, bool(normalize), float(logit_scale)
+        if classifier not in CLASSIFIERS:
+            raise ValueError(f"classifier must be one of {CLASSIFIERS}, not {classifier!r}")
+        if classifier == "centres" and not normalize:
+            raise ValueError("classifier='centres' scores cosines: it needs normalize=True")
+        self.center_update, self.classifier_kind = center_update, classifier
         self.inputs = self.inputs_for(resolution=resolution)
         self.resolution, self.config, self.center_weight = resolution, config, center_weight
         self.n_train_images = n_train_images
@@ -292,12 +341,13 @@ class Revisiting(RetrievalModel):
             table = np.random.default_rng(0).uniform(-0.1, 0.1, (vocab_size, word_dim)).astype(np.float32)
         else:
             table = word_init.detach().cpu().numpy() if torch.is_tensor(word_init) else np.asarray(word_init)
-        self.text = SentenceRenderer(vocab_size, word_dim, resolution, table, text_clip,
+        self.text = SentenceRenderer(vocab_size, word_dim, resolution, table, text_clip, text_grid,
                                      cell=text_cell, gap=text_gap, margin=text_margin)
         self.trunk = LiteTrunk(pretrained, freeze_blocks, trace_frozen)
         self.fc = nn.Linear(TRUNK_DIM, embed_dim)
         classes = max(1, n_train_images)
-        self.classifier = nn.Linear(embed_dim, classes)  # the softmax term's classifier (training only)
+        # the softmax term's classifier (training only); with classifier="centres" the centres score
+        self.classifier = nn.Linear(embed_dim, classes) if classifier == "linear" else None
         self.center = CenterLoss(classes, embed_dim, center_alpha)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255, persistent=False)
@@ -321,28 +371,48 @@ class Revisiting(RetrievalModel):
     def _augment(self) -> bool:
         return self.training and self.config == "2"
 
-    def image_views(self, batch: dict) -> torch.Tensor:
-        """uint8 images (B, R, R, 3); in config-2 training also their horizontal flips (2B rows)."""
+    def _labelled_images(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The batch's uint8 images and, in training, their classes; each distinct image once (a
+        batch of whole images repeats an image once per caption row: one trunk pass is enough)."""
         x = self._pixels(batch)
-        return torch.cat([x, x.flip(2)]) if self._augment() else x
+        if not (self.training and "image_index" in batch):
+            return x, None
+        y = batch["image_index"].to(x.device).long()
+        classes, inverse = torch.unique(y, return_inverse=True)
+        rows = torch.arange(len(y), device=x.device)
+        first = torch.full_like(classes, len(y)).scatter_reduce_(0, inverse, rows, "amin")
+        return x[first], classes
 
-    def text_views(self, batch: dict) -> torch.Tensor:
-        """uint8 encoded captions (B, R, R, 3); in config-2 training also a random crop of each (2B rows)."""
+    def image_views(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """uint8 images (N, R, R, 3) and their classes (None outside training); in config-2
+        training also their horizontal flips (2N rows)."""
+        x, y = self._labelled_images(batch)
+        if self._augment():
+            return torch.cat([x, x.flip(2)]), torch.cat([y, y])
+        return x, y
+
+    def text_views(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """uint8 encoded captions (B, R, R, 3) and their classes; in config-2 training also a random
+        crop of each (2B rows)."""
         x = self.render_texts(batch)
-        return torch.cat([x, self.crop_resize(x)]) if self._augment() else x
+        y = batch["image_index"].to(x.device).long() if self.training and "image_index" in batch else None
+        if self._augment():
+            return torch.cat([x, self.crop_pad(x)]), torch.cat([y, y])
+        return x, y
 
-    def crop_resize(self, x: torch.Tensor) -> torch.Tensor:
+    def crop_pad(self, x: torch.Tensor) -> torch.Tensor:
         """Config 2's text crops: a square of ``config2_crop(R)`` px at a uniform random position per
-        row (torch's RNG), resized back to R x R (bilinear), uint8."""
+        row (torch's RNG), kept at its pixels and padded with black back to R x R (not resized: a
+        resize would blend the colour cells that code the words, which no test input shows)."""
         b, r = x.size(0), self.resolution
         crop = config2_crop(r)
         off = torch.randint(0, r - crop + 1, (2, b)).to(x.device)
         span = torch.arange(crop, device=x.device)
         ys, xs = off[0][:, None] + span, off[1][:, None] + span
         rows = torch.arange(b, device=x.device)[:, None, None]
-        crops = x[rows, ys[:, :, None], xs[:, None, :]]  # (B, crop, crop, 3)
-        out = F.interpolate(crops.permute(0, 3, 1, 2).float(), size=(r, r), mode="bilinear", align_corners=False)
-        return out.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+        out = torch.zeros_like(x)
+        out[:, :crop, :crop] = x[rows, ys[:, :, None], xs[:, None, :]]
+        return out
 
     # ------------------------------------------------------------------ network
     def normalise(self, u8: torch.Tensor) -> torch.Tensor:
@@ -354,33 +424,37 @@ class Revisiting(RetrievalModel):
     def embed_pixels(self, x: torch.Tensor) -> torch.Tensor:
         """The single network: uint8 (N, R, R, 3) photos or encoded sentences -> 128-d (N, D)."""
         def run(u8: torch.Tensor) -> torch.Tensor:
-            return self.fc(self.trunk(self.normalise(u8)))
+            z = self.fc(self.trunk(self.normalise(u8)))
+            return F.normalize(z, dim=1) if self.normalize else z
 
         if torch.is_grad_enabled() and self.training:
             return run(x)
         return torch.cat([run(x[s: s + EVAL_CHUNK]) for s in range(0, x.size(0), EVAL_CHUNK)]) if len(x) else \
             self.fc.weight.new_zeros(0, self.fc.out_features)
 
-    def _with_labels(self, reps: Reps, batch: dict) -> Reps:
-        # Training batches carry each row's image index; it travels with the reps (augmented copies
-        # included) so that the loss pairs rows and classes also after a DDP gather.
-        if self.training and "image_index" in batch:
-            y = batch["image_index"].to(reps["emb"].device).long()
-            reps["label"] = y.repeat(reps["emb"].size(0) // y.numel())
-        return reps
+    @staticmethod
+    def _reps(emb: torch.Tensor, label: torch.Tensor | None) -> Reps:
+        # Training reps carry each row's class (augmented copies included), so the loss pairs
+        # rows and classes also after a DDP gather.
+        return {"emb": emb} if label is None else {"emb": emb, "label": label}
 
     def encode_images(self, batch: dict) -> Reps:
-        return self._with_labels({"emb": self.embed_pixels(self.image_views(batch))}, batch)
+        x, y = self.image_views(batch)
+        return self._reps(self.embed_pixels(x), y)
 
     def encode_texts(self, batch: dict) -> Reps:
-        return self._with_labels({"emb": self.embed_pixels(self.text_views(batch))}, batch)
+        x, y = self.text_views(batch)
+        return self._reps(self.embed_pixels(x), y)
 
     def forward(self, batch: dict) -> tuple[Reps, Reps]:
         """Training pass: images and encoded captions through the trunk as one batch."""
-        img, txt = self.image_views(batch), self.text_views(batch)
+        (img, yi), (txt, yt) = self.image_views(batch), self.text_views(batch)
         emb = self.embed_pixels(torch.cat([img, txt]))
-        return (self._with_labels({"emb": emb[: len(img)]}, batch),
-                self._with_labels({"emb": emb[len(img):]}, batch))
+        return self._reps(emb[: len(img)], yi), self._reps(emb[len(img):], yt)
+
+    def stage_batches(self, stage, data):
+        """``batch_by="image"``: batches of whole images with all their captions (Sec. 4.2)."""
+        return data.by_image() if self.batch_by == "image" else data
 
     # ------------------------------------------------------------------ retrieval
     def similarity(self, img: Reps, txt: Reps) -> torch.Tensor:
@@ -390,20 +464,31 @@ class Revisiting(RetrievalModel):
         return -d.clamp(min=0)
 
     # ------------------------------------------------------------------ training
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The softmax term's class scores: a Linear layer, or with ``normalize`` a cosine
+        classifier (unit weights, times ``logit_scale``) on the unit embeddings."""
+        if self.classifier_kind == "centres":
+            return self.logit_scale * x @ F.normalize(self.center.centers, dim=1).T
+        if self.normalize:
+            return self.logit_scale * x @ F.normalize(self.classifier.weight, dim=1).T
+        return self.classifier(x)
+
     def loss(self, img: Reps, txt: Reps, batch: dict) -> dict[str, torch.Tensor]:
         """``L_softmax + lambda L_C`` over the batch's images and texts, class = training image."""
         if self.n_train_images < 1:
             raise ValueError("revisiting needs n_train_images (the number of classes) to train")
         x = torch.cat([img["emb"], txt["emb"]])
-        if "label" in img and "label" in txt:
-            y = torch.cat([img["label"], txt["label"]])
-        else:
-            base = batch["image_index"].to(x.device).long()
-            y = torch.cat([base.repeat(img["emb"].size(0) // base.numel()),
-                           base.repeat(txt["emb"].size(0) // base.numel())])
-        softmax = F.cross_entropy(self.classifier(x), y)
-        center = self.center(x, y)
-        if self.training:
+        # Reps encoded outside training carry no classes: one row per batch row, its image's.
+        y = torch.cat([r["label"] if "label" in r else batch["image_index"].to(x.device).long()
+                       for r in (img, txt)])
+        each = F.cross_entropy(self.logits(x), y, reduction="none")
+        softmax = each.mean()
+        if self.training and self.center_update == "before":  # centres that already hold this batch
             self.center.update_centers(x.detach(), y)
+        center = self.center(x, y)
+        if self.training and self.center_update == "after":  # Wen et al., Algorithm 1
+            self.center.update_centers(x.detach(), y)
+        n = len(img["emb"])  # logged per modality: does the network read the captions?
         return {"loss": softmax + self.center_weight * center, "softmax": softmax.detach(),
-                "center": center.detach()}
+                "center": center.detach(), "softmax_image": each[:n].mean().detach(),
+                "softmax_text": each[n:].mean().detach()}
