@@ -246,3 +246,73 @@ def test_aligned_sets_report_fused_database_codes(tmp_path):
     want = label_retrieval_metrics(q, fused, labels[50:], labels[:40], metric="hamming", p_at=(1, 10, 100))
     assert result["fused"]["text->fused"]["mAP"] == pytest.approx(want["mAP"])
     assert "text->fused" in format_labelled(result)
+
+
+class _CodesAreFeatures:
+    """A stand-in label model whose h is its input (so the codes of a test are written by hand)."""
+    bits = 3
+
+    def eval(self):
+        return self
+
+    def encode_modality(self, modality, x):
+        return {"emb": x}
+
+    def hash_codes(self, h):
+        return (h > 0.5).to(torch.uint8)
+
+
+def test_fused_codes_rank_a_hand_made_aligned_set():
+    """3 training items and 1 test item, aligned, 3-bit h written out: the fused database codes
+    b = (h_img + h_txt > 1) and the mAP of each query modality against them, worked by hand."""
+    from xmr.data.labelled_sets import LabelledSet, Modality
+    from xmr.eval.labelled import evaluate_labelled, format_labelled
+
+    h_img = [[0.9, 0.2, 0.1], [0.3, 0.8, 0.4], [0.2, 0.9, 0.7], [0.9, 0.1, 0.2]]
+    h_txt = [[0.4, 0.6, 0.3], [0.8, 0.4, 0.2], [0.1, 0.3, 0.6], [0.2, 0.1, 0.9]]
+    # fused codes of the training items 0, 1, 2: [1,0,0], [1,1,0], [0,1,1]
+    labels = np.array([[0, 1], [1, 0], [1, 0], [1, 0]], bool)  # item 0 is class b, the rest class a
+    splits = {"train": np.arange(3), "dev": np.array([3]), "test": np.array([3])}
+    data = LabelledSet("hand", {"image": Modality(np.array(h_img, np.float32), labels, splits),
+                                "text": Modality(np.array(h_txt, np.float32), labels, splits)}, ["a", "b"],
+                       aligned=True)
+    result = evaluate_labelled(_CodesAreFeatures(), data, "test", map_at=None)
+    # image query b = [1,0,0]: Hamming 0, 1, 3 to items 0 (not relevant), 1, 2 -> AP = (1/2 + 2/3) / 2
+    assert result["fused"]["image->fused"]["mAP"] == pytest.approx(7 / 12)
+    assert result["fused"]["image->fused"]["P@1"] == 0
+    # text query b = [0,0,1]: Hamming 2, 3, 1 to items 0, 1, 2 -> ranking 2, 0, 1 -> AP = (1 + 2/3) / 2
+    assert result["fused"]["text->fused"]["mAP"] == pytest.approx(5 / 6)
+    assert result["fused"]["text->fused"]["P@1"] == 1
+    assert set(result["pairs"]) == {"image->text", "text->image"}  # the per-modality pairs as well
+    table = format_labelled(result)
+    assert "58.3" in table.splitlines()[-2] and "83.3" in table.splitlines()[-1]
+    unaligned = LabelledSet("hand", data.modalities, ["a", "b"], aligned=False)
+    assert "fused" not in evaluate_labelled(_CodesAreFeatures(), unaligned, "test")
+    assert "fused" not in evaluate_labelled(_CodesAreFeatures(), data, "test", binary=False)
+
+
+def test_eval_of_a_run_on_an_aligned_set_reports_fused_codes(tmp_path, capsys):
+    """``xmr eval`` of a CMMN run trained on an aligned set prints and writes the fused results
+    (query modality -> one fused code per database item) beside the per-modality pairs."""
+    from xmr.data.labelled_sets import LabelledSet, Modality, save_npz
+
+    rng = np.random.default_rng(0)
+    y = np.arange(60) % 3
+    splits = {"train": np.arange(40), "dev": np.arange(40, 50), "test": np.arange(50, 60)}
+    data = LabelledSet("aligned", {m: Modality(rng.normal(size=(3, d))[y] * 3 + rng.normal(size=(60, d)),
+                                               np.eye(3, dtype=bool)[y], splits)
+                                   for m, d in (("image", 6), ("text", 4))}, ["a", "b", "c"], aligned=True)
+    path = tmp_path / "aligned.npz"
+    save_npz(data, path)
+    run = tmp_path / "run"
+    assert main(["train", "--model", "cmmn", "--preset", "tiny", "--data", str(path), "--out", str(run), "--quiet",
+                 "--threads", "1", "--set", "epochs=1", "--set", "pre_epochs=1"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(run), "--json", str(tmp_path / "test.json"), "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    result = json.loads((tmp_path / "test.json").read_text())
+    fused = {"image->fused", "text->fused"}
+    assert set(result["fused"]) == fused and all(p in out for p in fused)
+    for r in result["fused"].values():
+        assert set(r) == {"mAP", "mAP@500", "P@1", "P@10", "P@100"} and 0 < r["mAP"] <= 1
+    assert set(result["pairs"]) == {"image->text", "text->image"} and "binary" in result["pairs"]["image->text"]

@@ -415,3 +415,99 @@ def test_synthetic_options():
 
 def test_synthetic_npz_round_trip(tmp_path, scenes):
     assert_same(scenes, load_npz(save_npz(scenes, tmp_path / "scenes.npz")))
+
+
+# --------------------------------------------------------------------------- Flickr8k as a labelled set
+
+F8K_CAPTIONS = {  # 5 captions per image; labels by caption vote (2 of 5), see xmr/data/keyword_labels.py
+    "1001_a.jpg": ["a dog runs", "a brown dog", "the puppy plays", "an animal outside", "something brown"],
+    "1002_b.jpg": ["an abstract shape", "blue and green", "a blur", "nothing to see", "colours"],  # no class
+    "1003_c.jpg": ["a man on the beach", "a man walks on sand", "a guy near the shore", "someone", "a person"],
+    "2001_d.jpg": ["a cat sleeps", "a kitten", "a grey cat", "a pet", "an animal"],
+    "2002_e.jpg": ["a woman rides a horse", "a horse and a woman", "a lady", "riding", "a pony"],
+    "3001_f.jpg": ["a boat on the water", "a canoe on a lake", "boats", "a paddle", "calm"],
+}
+
+
+@pytest.fixture
+def fake_flickr8k(make_flickr8k, monkeypatch):
+    """A tiny Flickr8k (6 images, 5 captions each, one image without any class) with made-up
+    features in place of the CNN and MiniLM: each image's a seeded vector, each caption's token
+    states seeded by its text with a mask of 2-7 words. Returns the spec and the fakes' outputs."""
+    import zlib
+
+    import xmr.features.labelled as labelled
+    from xmr.data import open_split
+
+    spec = f"flickr8k:{make_flickr8k(captions=F8K_CAPTIONS)}"
+    image_vec = {n: feats(1, 7, seed=i)[0] for i, n in enumerate(F8K_CAPTIONS)}
+    seen: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def split_with_features(data, split, image_input, extractor, cache, progress):
+        s = open_split(data, split)
+        s.features = np.stack([image_vec[Path(p).name] for p in s.image_paths])
+        return s
+
+    def bert_states(captions, out, split, progress=True):
+        states = np.zeros((len(captions), 8, 384), np.float16)
+        mask = np.zeros((len(captions), 8), bool)
+        for j, c in enumerate(captions):
+            rng = np.random.default_rng(zlib.crc32(c.encode()))
+            states[j] = rng.normal(size=(8, 384))
+            mask[j, :2 + len(c) % 6] = True
+            seen[c] = (states[j].astype(np.float32), mask[j])
+        return states, mask
+
+    monkeypatch.setattr(labelled, "split_with_features", split_with_features)
+    monkeypatch.setattr(labelled, "bert_states", bert_states)
+    return spec, image_vec, seen
+
+
+def test_flickr8k_aligned_is_one_item_per_image_with_its_captions_mean(fake_flickr8k, tmp_path):
+    from xmr.data.keyword_labels import LABEL_NAMES, keyword_labels
+    from xmr.data import open_split
+    from xmr.features.labelled import flickr8k_labelled
+
+    spec, image_vec, seen = fake_flickr8k
+    data = flickr8k_labelled(tmp_path, progress=False, aligned=True, data=spec)
+    assert data.name == "flickr8k-aligned" and data.aligned and data.class_names == LABEL_NAMES
+    image, text = data.modalities["image"], data.modalities["text"]
+    assert image.n == text.n == 5  # 6 images, 1002_b has no class and is left out
+    kept = [n for n in F8K_CAPTIONS if n != "1002_b.jpg"]  # split order: train, dev, test
+    for s, rows in (("train", [0, 1]), ("dev", [2, 3]), ("test", [4])):
+        np.testing.assert_array_equal(image.splits[s], rows)
+        np.testing.assert_array_equal(text.splits[s], rows)
+    np.testing.assert_array_equal(image.labels, text.labels)
+    want_labels = np.concatenate([keyword_labels(open_split(spec, s)).astype(bool) for s in ("train", "dev", "test")])
+    want_labels = np.delete(want_labels, 1, axis=0)  # 1002_b
+    np.testing.assert_array_equal(image.labels, want_labels)
+    names = {LABEL_NAMES[c] for c in np.flatnonzero(image.labels[1])}
+    assert names == {"man", "beach"}  # 1003_c: man/guy in 3 captions, beach/sand/shore in 3
+    for i, name in enumerate(kept):
+        np.testing.assert_array_equal(image.features[i], image_vec[name])
+        per_caption = [(st * m[:, None]).sum(0) / m.sum() for st, m in (seen[c] for c in F8K_CAPTIONS[name])]
+        np.testing.assert_allclose(text.features[i], np.mean(per_caption, 0), rtol=1e-5, atol=1e-6)
+
+    # The unaligned set from the same code path: one text row per caption, same images and labels;
+    # the aligned text row is the mean of its image's 5 caption rows.
+    flat = flickr8k_labelled(tmp_path, progress=False, data=spec)
+    assert flat.name == "flickr8k" and not flat.aligned and flat.modalities["text"].n == 25
+    np.testing.assert_array_equal(flat.modalities["image"].features, image.features)
+    np.testing.assert_array_equal(flat.modalities["text"].labels, np.repeat(image.labels, 5, axis=0))
+    np.testing.assert_allclose(flat.modalities["text"].features.reshape(5, 5, -1).mean(1), text.features,
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_per_image_mean_and_spec_routing(monkeypatch):
+    import xmr.features.labelled as labelled
+
+    text = np.arange(12, dtype=np.float32).reshape(6, 2)
+    got = labelled.per_image_mean(text, np.array([1, 0, 1, 0, 2, 1]), 3)
+    np.testing.assert_allclose(got, [[4, 5], [14 / 3, 17 / 3], [8, 9]])
+    with pytest.raises(ValueError, match="without captions"):
+        labelled.per_image_mean(text, np.array([0, 0, 0, 0, 2, 2]), 3)
+    calls = []
+    monkeypatch.setattr(labelled, "flickr8k_labelled", lambda *a, aligned: calls.append(aligned))
+    labelled.labelled_set("flickr8k-aligned")
+    labelled.labelled_set("flickr8k")
+    assert calls == [True, False]

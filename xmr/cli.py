@@ -421,7 +421,8 @@ def _train_options(t: argparse.ArgumentParser) -> None:
     t.add_argument("--preset", default="tiny", help=f"named setting of the model ({presets}); 'paper' is "
                    "the paper's, 'cpu' trains on 2 cores, 'tiny' is for synthetic data")
     t.add_argument("--data", default=None, help="dataset spec (default synthetic); for label models (cmmn): "
-                   "synthetic-scenes[,noise=2,multilabel=true,...] | flickr8k | FILE.npz | FILE.mat")
+                   "synthetic-scenes[,noise=2,multilabel=true,...] | flickr8k | flickr8k-aligned (one item per image, "
+                   "text = its captions' mean: fused-code eval) | FILE.npz | FILE.mat")
     t.add_argument("--extractor", default="efficientnet-lite0-224", help="image features (see xmr features)")
     t.add_argument("--out", default="runs/train", help="run folder (checkpoints, metrics, curve)")
     t.add_argument("--seed", type=int, default=None, help="seeds weights and batch order (default 0)")

@@ -32,7 +32,7 @@ from xmr.data.pairs import PairData
 from xmr.data.text import Vocab, glove_vectors, skipgram_vectors
 from xmr.eval.evaluate import evaluate, format_table
 from xmr.eval.labelled import evaluate_labelled
-from xmr.features.labelled import labelled_set
+from xmr.features.labelled import FLICKR8K_SETS, labelled_set
 from xmr.errors import ConfigError
 from xmr.features.image import ExtractorSpec
 from xmr.features.store import DEFAULT_CACHE, pair_data
@@ -200,7 +200,7 @@ class LabelTask:
                                      "and picks its checkpoint on dev (give the file a dev split)")
         if cfg.progress:
             print(self.data.describe(), flush=True)
-        if self.data.name == "flickr8k":  # runs that also serve the pair interface carry its vocabulary
+        if self.data.name in FLICKR8K_SETS:  # runs that also serve the pair interface carry its vocabulary
             Vocab.build(open_split("flickr8k", "train").captions, recipe["min_word_count"]).save(out / "vocab.json")
         self.meta = {"image_input": inputs.image, "class_names": self.data.class_names}
 

@@ -613,4 +613,4 @@ def open_labelled(data: str, seed: int = 0) -> LabelledSet:
         return load_npz(path)
     if path.suffix == ".mat":
         return load_mat(path)
-    raise ValueError(f"labelled data {data!r}: use synthetic-scenes[,KEY=VALUE...], flickr8k, or a .npz / .mat file")
+    raise ValueError(f"labelled data {data!r}: use synthetic-scenes[,KEY=VALUE...], flickr8k, flickr8k-aligned, or a .npz / .mat file")
