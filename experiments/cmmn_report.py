@@ -58,6 +58,33 @@ def bits_table(results: dict[int, dict], title: str) -> list[str]:
     return lines
 
 
+def memory_seeds_section(out: Path) -> list[str]:
+    """Flickr8k memory (k = 10) vs none (k = 0), 64 bits, seeds 0-2: per-seed mean mAP, means, spreads, verdict.
+    Verdict per kind (real, binary), on unrounded values: the claim holds only if mean(k = 10) - mean(k = 0)
+    exceeds the larger of the two seed spreads (max - min)."""
+    res = {k: [load(out / f"flickr8k-memory-k{k}-s{s}.json") for s in (0, 1, 2)] for k in (0, 10)}
+    if not all(all(v) for v in res.values()):
+        return []
+    lines = ["## Flickr8k: memory (k = 10) vs none (k = 0), 64 bits, 3 seeds", "",
+             "Test mean mAP over image->text and text->image, real-valued / binary, %.", "",
+             "| k | seed 0 | seed 1 | seed 2 | mean | spread (max − min) |", "|---|---|---|---|---|---|"]
+    stats = {}
+    for k, rs in res.items():
+        vals = {kind: [100 * r["mean_mAP"][kind] for r in rs] for kind in ("real", "binary")}
+        stats[k] = {kind: (sum(v) / len(v), max(v) - min(v)) for kind, v in vals.items()}
+        lines.append(f"| {k} | " + " | ".join(f"{vals['real'][i]:.1f} / {vals['binary'][i]:.1f}" for i in range(3)) +
+                     " | " + " | ".join(f"{stats[k]['real'][j]:.1f} / {stats[k]['binary'][j]:.1f}" for j in (0, 1)) + " |")
+    lines.append("")
+    for kind in ("real", "binary"):
+        diff = stats[10][kind][0] - stats[0][kind][0]
+        spread = max(stats[10][kind][1], stats[0][kind][1])
+        verdict = ("holds" if diff > spread else "does not hold (within seed spread)" if diff >= -spread
+                   else "does not hold (no memory is better by more than the seed spread)")
+        lines.append(f"- {kind}: mean(k = 10) − mean(k = 0) = {diff:+.1f}, larger seed spread {spread:.1f}: "
+                     f"the memory claim {verdict}.")
+    return lines + [""]
+
+
 def curve(xs: list, results: list[dict], xlabel: str, path: Path, title: str, log: bool) -> None:
     fig, ax = plt.subplots(figsize=(5, 3.4))
     pos = list(range(len(xs)))
@@ -105,6 +132,7 @@ def main(runs: Path, out: Path) -> None:
         for pair, v in aligned["fused"].items():
             lines.append(f"| {pair} (binary) | " + " | ".join(f"{100 * v[m]:.1f}" for m in ("mAP", "mAP@500", "P@10")) + " |")
         lines += [f"\nChance (mAP of a random ranking): {100 * next(iter(aligned['pairs'].values()))['chance']:.1f}.", ""]
+    lines += memory_seeds_section(out)
     ks = [(k, r) for k in KS if (r := load(runs / f"scenes-k{k}.json"))] or from_summary(out / "ablation-k.json", int)
     (out / "ablation-k.json").write_text(json.dumps({str(k): r["mean_mAP"] for k, r in ks}, indent=1))
     if ks:
