@@ -1,16 +1,15 @@
 #!/usr/bin/env bash
-# "Revisiting Cross Modal Retrieval" on Flickr8k: one network for images and encoded sentences,
-# both data configurations of Sec. 4.1 (cpu presets: config-standard and config-2), each evaluated
-# by Euclidean nearest neighbours on test with the k-shot table and diagnosed
-# (experiments/revisiting_diagnose.py: does the network learn both modalities?), plus the t-SNE of
-# Figure 3 and an encoded sentence picture; then the standard run continued to 10 epochs.
-# Regenerates results/revisiting-flickr8k/. Resumes and reuses runs.
-#   bash experiments/revisiting_flickr8k.sh   (one thread each, side by side: standard ~9 min per
-#   epoch x 6, config 2 ~17 min x 4, the continuation 4 x ~9 min; evaluations a few minutes)
-# CONFIGS picks the configurations (default "standard config2"); to use both cores for the two
-# trainings, run them side by side, one thread each:
-#   CONFIGS=standard THREADS=1 bash experiments/revisiting_flickr8k.sh &
-#   CONFIGS=config2 THREADS=1 bash experiments/revisiting_flickr8k.sh
+# "Revisiting Cross Modal Retrieval" on Flickr8k: one network for images and encoded sentences.
+# Regenerates results/revisiting-flickr8k/. Stages (default: all, in this order):
+#   probe   how much of a caption picture survives the frozen ImageNet prefix, per resolution,
+#           layout and cut (experiments/revisiting_text_probe.py -> text-probe.json; ~8 min)
+#   trials  training choices on dev, from the cached frozen prefix (experiments/revisiting_tail_trials.py
+#           -> tail-trials.{json,md}; 6-25 min per trial of 4 epochs on the whole training split)
+#   main    the cpu presets, config standard and config 2 at the same epochs (xmr train, ~5 min per
+#           epoch for standard, twice for config 2; test with the k-shot table; diagnosis, t-SNE,
+#           encoded sentence); CONFIGS picks the configurations (default "standard config2")
+#   bash experiments/revisiting_flickr8k.sh [probe|trials|main ...]
+# Resumes and reuses runs and finished trials; results that exist are kept. THREADS (default 2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=revisiting
@@ -18,28 +17,45 @@ source experiments/common.sh
 RUNS=${RUNS:-runs/revisiting-f8k}
 OUT=results/revisiting-flickr8k
 mkdir -p "$OUT" "$RUNS"
-for config in ${CONFIGS:-standard config2}; do
-  PRESET=cpu; [ "$config" = config2 ] && PRESET=cpu-config2
-  train "$config"
-  evaluate "$config" "$OUT/test-$config.json" --kshot 0 1 5
-  cp "$RUNS/$config/metrics.jsonl" "$OUT/metrics-$config.jsonl"
-  cp "$RUNS/$config/curve.png" "$OUT/curve-$config.png"
-  [ -f "$OUT/diagnose-$config.json" ] || .venv/bin/python experiments/revisiting_diagnose.py "$RUNS/$config" \
-    "$OUT/diagnose-$config.json" --prefix-depths 1 3 6 9 13 16 --threads "${THREADS:-2}" >> "$RUNS/$config.log" 2>&1
+PY=.venv/bin/python
+
+probe() {
+  [ -f "$OUT/text-probe.json" ] || $PY experiments/revisiting_text_probe.py "$OUT/text-probe.json" --threads "${THREADS:-2}"
+  [ -f "$OUT/bag-reference.json" ] || $PY experiments/revisiting_bag_reference.py "$OUT/bag-reference.json" \
+    --threads "${THREADS:-2}"
+}
+
+trials() {
+  $PY experiments/revisiting_tail_trials.py "$OUT/tail-trials.json" --epochs 4 \
+    --threads "${THREADS:-2}" --maps "$RUNS/maps" \
+    --trial caption-linear text_grid=4 \
+    --trial image-linear text_grid=4 batch_by=image \
+    --trial caption-centres text_grid=4 normalize=true classifier=centres \
+    --trial image-centres-before-224 text_grid=4 normalize=true classifier=centres batch_by=image \
+      center_update=before image_resolution=224 \
+    >> "$RUNS/trials.log" 2>&1
+  $PY experiments/revisiting_tail_table.py "$OUT/tail-trials.json" "$OUT/tail-trials.md"
+}
+
+main_stage() {
+  local config
+  for config in ${CONFIGS:-standard config2}; do
+    PRESET=cpu; [ "$config" = config2 ] && PRESET=cpu-config2
+    train "$config"
+    evaluate "$config" "$OUT/test-$config.json" --kshot 0 1 5
+    cp "$RUNS/$config/metrics.jsonl" "$OUT/metrics-$config.jsonl"
+    cp "$RUNS/$config/curve.png" "$OUT/curve-$config.png"
+    [ -f "$OUT/diagnose-$config.json" ] || $PY experiments/revisiting_diagnose.py "$RUNS/$config" \
+      "$OUT/diagnose-$config.json" --threads "${THREADS:-2}" >> "$RUNS/$config.log" 2>&1
+  done
+  [ ! -d "$RUNS/standard" ] || $PY experiments/revisiting_figures.py "$RUNS/standard" "$OUT"
+  $PY experiments/revisiting_layouts.py docs/revisiting-layouts.png
+}
+
+for stage in ${@:-probe trials main}; do
+  case $stage in
+    probe) probe ;; trials) trials ;; main) main_stage ;;
+    *) echo "unknown stage $stage (probe | trials | main)" >&2; exit 2 ;;
+  esac
 done
-# The standard run continued to LONG_EPOCHS (default 10) epochs, a copy resumed with more epochs:
-# on the preset's 6 its dev rsum is still rising. The t-SNE then shows this longer-trained model.
-FIGURE_RUN=$RUNS/standard
-if [[ " ${CONFIGS:-standard config2} " == *" standard "* ]]; then
-  PRESET=cpu
-  [ -d "$RUNS/standard-long" ] || { cp -r "$RUNS/standard" "$RUNS/standard-long"; cp "$RUNS/standard.log" "$RUNS/standard-long.log"; }
-  train standard-long --set "epochs=${LONG_EPOCHS:-10}"
-  evaluate standard-long "$OUT/test-standard-long.json" --kshot 0 1 5
-  cp "$RUNS/standard-long/metrics.jsonl" "$OUT/metrics-standard-long.jsonl"
-  cp "$RUNS/standard-long/curve.png" "$OUT/curve-standard-long.png"
-  [ -f "$OUT/diagnose-standard-long.json" ] || .venv/bin/python experiments/revisiting_diagnose.py \
-    "$RUNS/standard-long" "$OUT/diagnose-standard-long.json" --threads "${THREADS:-2}" >> "$RUNS/standard-long.log" 2>&1
-  FIGURE_RUN=$RUNS/standard-long
-fi
-[ ! -f "$OUT/test-standard.json" ] || .venv/bin/python experiments/revisiting_figures.py "$FIGURE_RUN" "$OUT"
-.venv/bin/python -c "import json; from xmr.machine import machine_info; print(json.dumps(machine_info()))" > "$OUT/machine.json"
+$PY -c "import json; from xmr.machine import machine_info; print(json.dumps(machine_info()))" > "$OUT/machine.json"

@@ -21,6 +21,7 @@ import torch
 from xmr.data import open_split
 from xmr.data.text import Vocab, glove_vectors
 from xmr.interface import IMAGENET_MEAN, IMAGENET_STD
+from xmr.machine import machine_info
 from xmr.models.revisiting import LiteTrunk, SentenceRenderer
 
 SETTINGS = [  # (resolution, grid or None for the 256²-scaled layout, frozen blocks)
@@ -82,7 +83,7 @@ def main() -> None:
         print(row, flush=True)
         rows.append(row)
     with open(args.out, "w") as fh:
-        json.dump({"captions": args.captions, "fit": n_fit, "target": "mean GloVe-50 of the caption's words",
+        json.dump({"machine": machine_info(), "captions": args.captions, "fit": n_fit, "target": "mean GloVe-50 of the caption's words",
                    "rows": rows}, fh, indent=1)
 
 

@@ -291,3 +291,23 @@ def test_centre_classifier_and_centre_update_order(vocab, table):
         expected = 0.5 * (x.detach() - used[y]).pow(2).sum(1).mean()
         torch.testing.assert_close(parts["center"], expected)
         assert torch.isfinite(parts["softmax_image"]) and torch.isfinite(parts["softmax_text"])
+
+
+def test_photos_at_their_own_resolution(vocab, table):
+    model = make_model(vocab, table, image_resolution=64).train()
+    assert model.inputs.pixels == 64 and model.resolution == 32
+    batch = batch_of(vocab, [0, 1, 2], resolution=64)
+    assert model.render_texts(batch).shape == (3, 32, 32, 3)
+    img, txt = model(batch)
+    assert img["emb"].shape == txt["emb"].shape == (3, 16)
+    # two trunk passes: every batch norm keeps its ImageNet statistics, also in training
+    bns = [m for m in model.trunk.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and not any(m.training for m in bns)
+    before = [m.running_mean.clone() for m in bns]
+    model.loss(img, txt, batch)["loss"].backward()
+    assert all(torch.equal(a, m.running_mean) for a, m in zip(before, bns))
+    model.eval()
+    assert model.encode_images(batch)["emb"].shape == (3, 16)
+    with pytest.raises(ValueError, match="64, 64, 3"):
+        model.encode_images(batch_of(vocab, [0], resolution=32))
+    assert make_model(vocab, table).trunk.frozen_statistics is False  # one size: batch statistics train

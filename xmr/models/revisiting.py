@@ -77,7 +77,15 @@ the text pixels kept an exact cell colour, so training saw blurred codes and tes
 caption once. ``batch_by="caption"`` batches per caption as VSE++ does; a batch then holds about B
 classes of 2 members, and an image recurs over an epoch once per caption.
 
-**Retrieval (Sec. 5.2).** ``metric = "l2"``: ``embed`` is the unnormalised 128-d vector and
+**Resolutions.** ``resolution`` is the side of the caption pictures and, by default, of the photos;
+``image_resolution`` gives the photos a side of their own (a working choice, off in the ``paper``
+presets, which feed both at 256²). The trunk is fully convolutional and pools globally, so one
+network still reads both; it then takes two passes per batch, and every batch norm keeps its
+ImageNet statistics (``LiteTrunk(frozen_statistics=True)``), since statistics of separate passes
+would differ between training and test. The reason to pay for it: at the ``cpu`` presets' 96² the
+ImageNet trunk sees far less of a photo than at 224² (results/README.md, Revisiting).
+
+**Retrieval (Sec. 5.2).** ``metric = "l2"``: ``embed`` is the 128-d vector (unit length with ``normalize``) and
 ``similarity`` the negative squared Euclidean distance, so evaluation ranks and the search index
 (which follows ``metric``) return Euclidean nearest neighbours. An index keeps its images'
 uint8 pixels, and an image query is resized to R x R like the cached images.
@@ -123,16 +131,20 @@ PRESETS = {
         note="Sec. 4.1 config 2: image + flip, caption + 227/256 crop",
     ),
     # Two CPU cores: ImageNet Lite0 at 96², stem and first 11 blocks frozen (the trainable part is
-    # blocks 11-15 at 6² and 3², the head convolution and the projections).
+    # blocks 11-15 at 6² and 3², the head convolution and the projections). Working choices from the
+    # dev trials (results/revisiting-flickr8k/tail-trials.md): large words (text_grid=4), unit
+    # embeddings scored against the class centres (classifier="centres"), batches per caption.
     "cpu": Preset(
         model=dict(resolution=96, embed_dim=128, word_dim=50, pretrained=True, freeze_blocks=11,
-                   config="standard", center_weight=0.01, center_alpha=0.5),
-        train=dict(epochs=6, batch_size=128, lr=1e-3, optimizer="adam"),
-        note="ImageNet Lite0 at 96², 11 of 16 blocks frozen",
+                   config="standard", center_weight=0.01, center_alpha=0.5, text_grid=4, normalize=True,
+                   classifier="centres"),
+        train=dict(epochs=4, batch_size=128, lr=1e-3, optimizer="adam"),
+        note="ImageNet Lite0 at 96², 11 of 16 blocks frozen, large words, centre classifier",
     ),
     "cpu-config2": Preset(
         model=dict(resolution=96, embed_dim=128, word_dim=50, pretrained=True, freeze_blocks=11,
-                   config="2", center_weight=0.01, center_alpha=0.5),
+                   config="2", center_weight=0.01, center_alpha=0.5, text_grid=4, normalize=True,
+                   classifier="centres"),
         train=dict(epochs=4, batch_size=128, lr=1e-3, optimizer="adam"),
         note="cpu preset with config 2 (twice the trunk passes per step)",
     ),
@@ -233,10 +245,13 @@ class _FrozenPrefix(nn.Module):
 
 
 class LiteTrunk(nn.Module):
-    """EfficientNet-Lite0 to its 1280-channel head, global-average-pooled: (B, 3, R, R) -> (B, 1280)."""
+    """EfficientNet-Lite0 to its 1280-channel head, global-average-pooled: (B, 3, R, R) -> (B, 1280).
+    ``frozen_statistics``: every batch norm keeps its ImageNet statistics, also in training."""
 
-    def __init__(self, pretrained: bool = True, freeze_blocks: int = 0, trace_frozen: bool = True):
+    def __init__(self, pretrained: bool = True, freeze_blocks: int = 0, trace_frozen: bool = True,
+                 frozen_statistics: bool = False):
         super().__init__()
+        self.frozen_statistics = frozen_statistics
         from efficientnet_lite_pytorch import EfficientNet
 
         if pretrained:
@@ -264,6 +279,10 @@ class LiteTrunk(nn.Module):
         super().train(mode)
         if self.prefix is not None:  # frozen batch norms keep their ImageNet statistics
             self.prefix.eval()
+        if self.frozen_statistics:  # every batch norm does
+            for m in self.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.eval()
         return self
 
     def _fingerprint(self, x: torch.Tensor) -> tuple:
@@ -309,7 +328,8 @@ class Revisiting(RetrievalModel):
 
     @classmethod
     def inputs_for(cls, **model_kwargs: Any) -> Inputs:
-        return Inputs(image="pixels", text=("tokens",), pixels=int(model_kwargs.get("resolution", 128)))
+        side = model_kwargs.get("image_resolution") or model_kwargs.get("resolution", 128)
+        return Inputs(image="pixels", text=("tokens",), pixels=int(side))
 
     def __init__(self, vocab_size: int, n_train_images: int = 0, resolution: int = 128, embed_dim: int = 128,
                  word_dim: int = 50, word_init: np.ndarray | torch.Tensor | None = None, pretrained: bool = True,
@@ -318,10 +338,11 @@ class Revisiting(RetrievalModel):
                  text_gap: int | None = None, text_margin: int | None = None, text_grid: int | None = None,
                  trace_frozen: bool = True,
                  batch_by: str = "caption", normalize: bool = False, logit_scale: float = 16.0,
-                 center_update: str = "after", classifier: str = "linear"):
+                 center_update: str = "after", classifier: str = "linear", image_resolution: int | None = None):
         super().__init__()
-        if resolution < 32 or resolution % 32:
-            raise ValueError(f"resolution must be a multiple of 32 (Lite0's stride), got {resolution}")
+        for side in (resolution, image_resolution or resolution):
+            if side < 32 or side % 32:
+                raise ValueError(f"resolutions must be multiples of 32 (Lite0's stride), got {side}")
         if config not in CONFIGS:
             raise ValueError(f"config must be one of {CONFIGS}, not {config!r}")
         if batch_by not in BATCH_BY:
@@ -334,8 +355,9 @@ class Revisiting(RetrievalModel):
         if classifier == "centres" and not normalize:
             raise ValueError("classifier='centres' scores cosines: it needs normalize=True")
         self.center_update, self.classifier_kind = center_update, classifier
-        self.inputs = self.inputs_for(resolution=resolution)
+        self.inputs = self.inputs_for(resolution=resolution, image_resolution=image_resolution)
         self.resolution, self.config, self.center_weight = resolution, config, center_weight
+        self.image_resolution = int(image_resolution or resolution)
         self.n_train_images = n_train_images
         if word_init is None:  # replaced by the checkpoint's cells when loading a trained model
             table = np.random.default_rng(0).uniform(-0.1, 0.1, (vocab_size, word_dim)).astype(np.float32)
@@ -343,7 +365,11 @@ class Revisiting(RetrievalModel):
             table = word_init.detach().cpu().numpy() if torch.is_tensor(word_init) else np.asarray(word_init)
         self.text = SentenceRenderer(vocab_size, word_dim, resolution, table, text_clip, text_grid,
                                      cell=text_cell, gap=text_gap, margin=text_margin)
-        self.trunk = LiteTrunk(pretrained, freeze_blocks, trace_frozen)
+        # Photos and caption pictures of different sizes take two trunk passes: batch statistics
+        # would then be per modality in training but mixed in the running averages used at test,
+        # so every batch norm keeps its ImageNet statistics instead (its affine weights train).
+        self.trunk = LiteTrunk(pretrained, freeze_blocks, trace_frozen,
+                               frozen_statistics=self.image_resolution != resolution)
         self.fc = nn.Linear(TRUNK_DIM, embed_dim)
         classes = max(1, n_train_images)
         # the softmax term's classifier (training only); with classifier="centres" the centres score
@@ -358,7 +384,7 @@ class Revisiting(RetrievalModel):
 
     def _pixels(self, batch: dict) -> torch.Tensor:
         x = batch["image"]
-        r = self.resolution
+        r = self.image_resolution
         if x.dtype != torch.uint8 or tuple(x.shape[1:]) != (r, r, 3):
             raise ValueError(f"revisiting reads raw pixels, uint8 (B, {r}, {r}, 3) (image input 'pixels'); "
                              f"got {x.dtype} {tuple(x.shape)}")
@@ -449,6 +475,8 @@ class Revisiting(RetrievalModel):
     def forward(self, batch: dict) -> tuple[Reps, Reps]:
         """Training pass: images and encoded captions through the trunk as one batch."""
         (img, yi), (txt, yt) = self.image_views(batch), self.text_views(batch)
+        if img.shape[1:] != txt.shape[1:]:
+            return self._reps(self.embed_pixels(img), yi), self._reps(self.embed_pixels(txt), yt)
         emb = self.embed_pixels(torch.cat([img, txt]))
         return self._reps(emb[: len(img)], yi), self._reps(emb[len(img):], yt)
 
