@@ -4,13 +4,13 @@ Only the trunk's last blocks, the projection and the loss train in the ``cpu`` p
 frozen prefix's output for a photo or a caption picture never changes: this script computes it once
 for the Flickr8k training and dev items (photos and the model's own caption pictures), then trains
 ``Revisiting``'s tail (``LiteTrunk.tail``, ``fc``) with the model's own ``loss`` from those
-activations, several times faster than ``xmr train``, which recomputes the prefix every step. Each
+activations, about twice as fast as ``xmr train``, which recomputes the prefix every step. Each
 trial is a set of model keys (``--set KEY=VALUE``, as for ``xmr train``) and batching; dev rsum by
 the model's ``similarity`` after each epoch. It chooses settings; the reported runs use ``xmr train``.
 OUT keeps every finished trial: a rerun skips the trials it holds (same name and settings).
 
     .venv/bin/python experiments/revisiting_tail_trials.py OUT.json --trial NAME KEY=VALUE ... \
-        [--trial ...] [--epochs 5] [--images 6000] [--threads 2] [--maps runs/rev-trials/maps]
+        [--trial ...] [--epochs 5] [--images 6000] [--threads 2] [--maps runs/revisiting-f8k/maps]
 """
 from __future__ import annotations
 
