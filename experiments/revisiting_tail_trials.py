@@ -88,7 +88,7 @@ def main() -> None:
         key = (kw["resolution"], kw.get("text_grid"), kw["freeze_blocks"], side)
         stored = Path(args.maps) / f"prefix-{'-'.join(map(str, key))}-{args.images}.pt" if args.maps else None
         if key not in maps and stored is not None and stored.is_file():
-            maps[key] = torch.load(stored)
+            maps[key] = {split: (img, txt, ci.numpy()) for split, (img, txt, ci) in torch.load(stored).items()}
         if key not in maps:  # the frozen activations of this resolution, layout and cut
             model.eval()
             maps[key] = {}
@@ -103,7 +103,8 @@ def main() -> None:
                 maps[key][split] = (prefix_of(model, pixels[:n]), prefix_of(model, text), pd.caption_image[keep])
             if stored is not None:
                 stored.parent.mkdir(parents=True, exist_ok=True)
-                torch.save(maps[key], stored)
+                torch.save({split: (img, txt, torch.from_numpy(ci)) for split, (img, txt, ci) in maps[key].items()},
+                           stored)  # tensors only: torch.load reads them back without unpickling numpy
         (tr_img, tr_txt, tr_ci), (dv_img, dv_txt, dv_ci) = maps[key]["train"], maps[key]["dev"]
         opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=args.lr)
         rows = []
