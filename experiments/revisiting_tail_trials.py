@@ -111,16 +111,10 @@ def main() -> None:
         for epoch in range(args.epochs):
             model.train()
             rng = np.random.default_rng([0, epoch])
-            if model.batch_by == "image":
-                k = args.batch_size // 5
-                order = rng.permutation(args.images)
-                groups = [order[s: s + k] for s in range(0, len(order) - k + 1, k)]
-                caps_of = np.argsort(tr_ci, kind="stable").reshape(-1, 5)
-                batches = [(g, caps_of[g].ravel()) for g in groups]
-            else:
-                order = rng.permutation(len(tr_ci))
-                batches = [(np.unique(tr_ci[c]), c) for c in
-                           (order[s: s + args.batch_size] for s in range(0, len(order) - args.batch_size + 1, args.batch_size))]
+            # the model's own batch composition (PairData or its whole-image view), as ids
+            train = PairData(splits["train"], vocab).head(args.images)
+            batches = [(np.unique(tr_ci[c]), c) for c in
+                       model.stage_batches(model.stages[0], train).caption_batches(args.batch_size, rng)]
             t0, sums = time.time(), {}
             for imgs, caps in tqdm(batches, leave=False, desc=f"{name} epoch {epoch}"):
                 if tr_img.shape[1:] == tr_txt.shape[1:]:  # one trunk pass, as the model's forward

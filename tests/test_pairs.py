@@ -41,3 +41,15 @@ def test_whole_image_batches_of_a_head_and_ragged_end():
     out = list(batches.train_batches(10, np.random.default_rng(0)))
     assert len(out) == batches.n_train_batches(10) == 2  # the fifth image is the ragged end
     assert all(int(b["image_index"].max()) < 5 for b in out)
+
+
+def test_caption_ids_of_both_batchings_are_what_their_batches_hold():
+    data = pair_data()
+    for batches in (data, data.by_image()):
+        ids = list(batches.caption_batches(10, np.random.default_rng(4)))
+        rows = list(batches.train_batches(10, np.random.default_rng(4)))
+        assert len(ids) == len(rows) == batches.n_train_batches(10)
+        for caps, batch in zip(ids, rows):
+            assert (batch["image_index"].numpy() == data.caption_image[caps]).all()
+    text_only = PairData(Split("t", ["a", "b"], [f"c{i}" for i in range(10)], 5), Vocab.build(["c"]))
+    assert text_only.head(1).n_captions == 5  # a head without image features (captions only)

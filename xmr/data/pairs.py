@@ -63,7 +63,7 @@ class PairData:
         """The first ``n_images`` images with their captions (e.g. a cheaper dev check)."""
         sub = copy.copy(self)
         keep = self.caption_image < n_images
-        sub.features = self.features[:n_images]
+        sub.features = None if self.features is None else self.features[:n_images]
         sub.labels = None if self.labels is None else self.labels[:n_images]
         sub.tokens, sub.lengths, sub.caption_image = self.tokens[keep], self.lengths[keep], self.caption_image[keep]
         sub.text_features = {k: v[: int(keep.sum())] for k, v in self.text_features.items()}
@@ -118,11 +118,16 @@ class PairData:
             raise ValueError(f"augment={augment!r} needs image input 'trunk' or 'pixels' (maps or images)")
         self.augment = augment
 
+    def caption_batches(self, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+        """One epoch's caption ids per batch, in ``rng``'s order (the ragged last batch dropped)."""
+        order = rng.permutation(self.n_captions)
+        for s in range(0, len(order) - batch_size + 1, batch_size):
+            yield order[s: s + batch_size]
+
     def train_batches(self, batch_size: int, rng: np.random.Generator) -> Iterator[dict]:
         """One epoch of training batches in ``rng``'s order, augmented as ``set_augment`` says."""
-        order = rng.permutation(self.n_captions)
-        for s in range(0, len(order) - batch_size + 1, batch_size):  # drop the ragged last batch
-            yield self.pair_batch(order[s: s + batch_size], self.augment, rng)
+        for caps in self.caption_batches(batch_size, rng):
+            yield self.pair_batch(caps, self.augment, rng)
 
     def n_train_batches(self, batch_size: int) -> int:
         return self.n_captions // batch_size
@@ -155,9 +160,13 @@ class ImageBatches:
     def n_train_batches(self, batch_size: int) -> int:
         return len(self.images) // self.images_per_batch(batch_size)
 
-    def train_batches(self, batch_size: int, rng: np.random.Generator) -> Iterator[dict]:
+    def caption_batches(self, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+        """One epoch's caption ids per batch: k whole images in ``rng``'s order (ragged end dropped)."""
         k = self.images_per_batch(batch_size)
         order = rng.permutation(self.images)
-        for s in range(0, len(order) - k + 1, k):  # drop the ragged last batch
-            caps = np.concatenate([self.captions_of[i] for i in order[s: s + k]])
+        for s in range(0, len(order) - k + 1, k):
+            yield np.concatenate([self.captions_of[i] for i in order[s: s + k]])
+
+    def train_batches(self, batch_size: int, rng: np.random.Generator) -> Iterator[dict]:
+        for caps in self.caption_batches(batch_size, rng):
             yield self.data.pair_batch(caps, self.data.augment, rng)
