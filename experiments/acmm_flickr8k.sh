@@ -10,7 +10,13 @@
 # words marked).
 # Regenerates results/acmm-flickr8k/. Re-running resumes unfinished runs and reuses finished ones;
 # an evaluation is skipped when its JSON exists.
-#   bash experiments/acmm_flickr8k.sh [main|ablations|all]   (default all)
+#   bash experiments/acmm_flickr8k.sh [main|ablations|memory|all]   (default all)
+#   memory:     does the memory contribute? On the inputs the other models share (MiniLM words,
+#               EfficientNet-Lite2 regions; preset cpu-minilm: enhanced reads, gated and split
+#               writes), "align" against "align + mem" at the ablation budget, 2 seeds each, with
+#               the k-shot table, the seed summary (memory-claim.*) and the memory statistics of
+#               the seed-0 run (memory-terms-minilm.json); then seed 0 with the paper's memory
+#               (none of the three changes) on the same inputs; ~75 min on 2 cores.
 #   full model: 12 epochs x ~5 min (+ ~25 s dev each) + ~6 min test (exhaustive + k-shot + two-step
 #               + ACMM*) on 2 cores
 #   ablations:  first ABL_IMAGES training images, ABL_EPOCHS epochs each (the first a warm-up of
@@ -35,7 +41,7 @@ ABL_IMAGES=${ABL_IMAGES:-2000}
 ABL_EPOCHS=${ABL_EPOCHS:-4}
 STAGE=${1:-all}
 PY=.venv/bin/python
-case "$STAGE" in main|ablations|all) ;; *) echo "usage: $0 [main|ablations|all]" >&2; exit 2 ;; esac
+case "$STAGE" in main|ablations|memory|all) ;; *) echo "usage: $0 [main|ablations|memory|all]" >&2; exit 2 ;; esac
 mkdir -p "$OUT" "$RUNS"
 $XMR features "$DATA" --threads "${THREADS:-2}" >/dev/null
 $PY -c "import json; from xmr.machine import machine_info; print(json.dumps(machine_info()))" > "$OUT/machine.json"
@@ -53,10 +59,38 @@ if [ "$STAGE" = main ] || [ "$STAGE" = all ]; then
   $PY experiments/ablation_table.py "$OUT/main" "ACMM and ACMM* ($DATA test, exhaustive)" \
     "ACMM (lam 0.5)=$OUT/test.json" "ACMM* (lam 0.5 + 0.8)=$OUT/test-acmm-star.json"
 fi
+ABL=(--set "train_images=$ABL_IMAGES" --set "epochs=$ABL_EPOCHS" --set "lr_decay_epochs=[$ABL_EPOCHS]")
+
+# 1b. Does the memory contribute (issue: align + mem must beat align beyond the seed spread)?
+if [ "$STAGE" = memory ] || [ "$STAGE" = all ]; then
+  PRESET=cpu-minilm
+  MEM=(--extractor "${EXTRACTOR:-efficientnet-lite2-260}" "${ABL[@]}")
+  rows=()
+  for seed in 0 1; do
+    for variant in align acmm; do
+      name=minilm-$variant-s$seed
+      [ $variant = align ] && extra=(--set use_memory=false) || extra=()
+      train "$name" "${MEM[@]}" --seed $seed "${extra[@]}"
+      evaluate "$name" "$RUNS/$name/test.json" --kshot 0 1 5
+      rows+=("$variant=$RUNS/$name/test.json")
+    done
+  done
+  # What the three changes did (seed 0): the paper's memory on the same inputs, reads compared raw,
+  # ungated writes that the writing pair reads back.
+  name=minilm-acmm-paper-memory-s0
+  train "$name" "${MEM[@]}" --seed 0 --set enhanced_reads=false --set write_gate=null --set write_split=false
+  evaluate "$name" "$RUNS/$name/test.json" --kshot 0 1 5
+  rows+=("acmm, paper memory=$RUNS/$name/test.json")
+  $PY experiments/ablation_table.py "$OUT/memory-claim-runs" \
+    "ACMM memory claim, MiniLM words + Lite2 regions ($DATA test, exhaustive, $ABL_IMAGES training images, $ABL_EPOCHS epochs)" "${rows[@]}"
+  $PY experiments/seed_summary.py "$OUT/memory-claim-runs.json" "$OUT/memory-claim" --baseline align
+  [ -f "$OUT/memory-terms-minilm.json" ] || $PY experiments/acmm_memory_terms.py "$RUNS/minilm-acmm-s0" \
+    "$OUT/memory-terms-minilm.json" --threads "${THREADS:-2}" >> "$RUNS/minilm-acmm-s0.log" 2>&1
+  PRESET=cpu
+fi
 [ "$STAGE" = ablations ] || [ "$STAGE" = all ] || exit 0
 
 # 2. Table 1 on the reduced budget: name, Table 1 row, overrides (xmr/models/acmm.py docstring).
-ABL=(--set "train_images=$ABL_IMAGES" --set "epochs=$ABL_EPOCHS" --set "lr_decay_epochs=[$ABL_EPOCHS]")
 ablation() {  # run name, Table 1 row, overrides
   local name=$1 row=$2; shift 2
   train "$name" "${ABL[@]}" "$@"

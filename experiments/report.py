@@ -313,6 +313,15 @@ def acmm_claims(verdict) -> list[str]:
         rows.append(f"| ACMM | the memory's gain is largest on k-shot captions (Table 2) | "
                     f"{verdict(rare, overall)} | t2i R@1 gain {overall:+.1f} on all captions, "
                     + ", ".join(f"{gains[k]:+.1f} at k = {k}" for k in shots) + f"; {src} |")
+    claim = load("acmm-flickr8k/memory-claim.json")
+    if claim:
+        c = claim["claims"]["acmm"]
+        src = "2 seeds, reduced budget, `cpu-minilm` (`acmm-flickr8k/memory-claim.json`)"
+        rows.append("| ACMM | memory on top of the alignment helps (Table 1), MiniLM words, enhanced reads, "
+                    f"gated split writes | test rsum: {c['test rsum']['verdict']}, best dev rsum: "
+                    f"{c['best dev rsum']['verdict']} | test rsum {c['test rsum']['diff']:+.1f}, dev "
+                    f"{c['best dev rsum']['diff']:+.1f} (seed spread {c['test rsum']['spread']:.1f} / "
+                    f"{c['best dev rsum']['spread']:.1f}); {src} |")
     return rows
 
 

@@ -12,6 +12,8 @@ import torch.nn.functional as F
 
 from xmr import checkpoint
 from xmr.models import create_model, get_preset
+from xmr.interface import BERT_DIM, BERT_MAX_LEN
+from xmr.losses import triplet_ranking_loss
 from xmr.models.acmm import ACMM, Heads, address, ensemble_similarity, fast_update, oneplus, write
 
 VOCAB, IMAGE_DIM, REGIONS, MAX_LEN = 40, 20, 6, 10
@@ -27,6 +29,8 @@ def strict_sequential_update(memory: torch.Tensor, region: Heads, word: Heads, t
             for heads, b in ((region, 0), (word, len(banks) - 1)):
                 if t < heads.mask.size(1) and bool(heads.mask[p, t]):
                     w = address(heads.key[p, t], banks[b], heads.strength[p, t], topk)  # (N,)
+                    if heads.gate is not None:
+                        w = w * heads.gate[p, t]
                     banks[b] = banks[b] * (1 - w[:, None] * heads.erase[p, t]) + w[:, None] * heads.add[p, t]
     return torch.stack(banks)
 
@@ -225,7 +229,7 @@ def test_fast_update_is_exact_for_one_pair_and_second_order_otherwise():
 def reference_read(model: ACMM, layer, x: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
     """r = sum_i w_i M_i, w = softmax_i(beta^r cos(k^r, M_i)) with {k^r, beta^r} = t(x) (Sec. 3.2-3.3)."""
     w = model.mem_width
-    k_r, b_r, _ = layer(x).split([w, 1, 3 * w + 1], dim=-1)
+    k_r, b_r = layer(x)[..., : w + 1].split([w, 1], dim=-1)
     cos = (k_r / k_r.norm(dim=-1, keepdim=True)) @ (bank / bank.norm(dim=-1, keepdim=True)).T
     return torch.softmax(oneplus(b_r) * cos, dim=-1) @ bank
 
@@ -248,14 +252,15 @@ def reference_scores(model: ACMM, b: dict, lam: float | None = None) -> torch.Te
                 v = g @ model.align_w(a)
                 align = F.cosine_similarity(v, s, dim=-1).mean()
             if memory is not None:
+                x_v = v if model.use_alignment else a
+                r_v = reference_read(model, model.iface_v, x_v, memory[0])
+                r_s = reference_read(model, model.iface_s, s, memory[-1])
+                if model.read_out is not None:  # the reads enhance v_j (a_i) and s_j
+                    r_v, r_s = x_v + model.read_out(r_v), s + model.read_out(r_s)
                 if model.use_alignment:
-                    r_v = reference_read(model, model.iface_v, v, memory[0])
-                    r_s = reference_read(model, model.iface_s, s, memory[-1])
                     mem = F.cosine_similarity(r_v, r_s, dim=-1).mean()
                 else:
-                    r_v = reference_read(model, model.iface_v, a, memory[0]).mean(0)
-                    r_s = reference_read(model, model.iface_s, s, memory[-1]).mean(0)
-                    mem = F.cosine_similarity(r_v, r_s, dim=0)
+                    mem = F.cosine_similarity(r_v.mean(0), r_s.mean(0), dim=0)
             out[i, k] = align if mem is None else mem if align is None else mem + lam * align
     return out
 
@@ -268,6 +273,10 @@ ABLATIONS = {  # Table 1 rows
     "align + mem (w/o shared)": dict(shared_memory=False),
     "align + mem": dict(),
     "align + mem (w/o relation)": dict(relation=False),
+    "align + mem, enhanced reads": dict(enhanced_reads=True),
+    "align + mem (w/o shared), enhanced reads": dict(enhanced_reads=True, shared_memory=False),
+    "mem, enhanced reads": dict(use_alignment=False, enhanced_reads=True),
+    "align + mem, gate + split writes": dict(enhanced_reads=True, write_gate=-1.0, write_split=True, write_topk=2),
 }
 
 
@@ -473,3 +482,103 @@ def test_a_few_steps_fit_a_batch():
         opt.step()
         losses.append(out["loss"].item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+# --------------------------------------------------------------------------- beyond the paper
+
+
+def test_writes_of_one_step_compose_in_order_with_an_erase_between():
+    """``write`` with P given weights equals the P writes in turn; two full-weight writes to one
+    item leave (M o (1 - e1) + u1) o (1 - e2) + u2, not a sum of both adds."""
+    g = torch.Generator().manual_seed(0)
+    memory = torch.randn(5, 4, generator=g)
+    weights = torch.softmax(3 * torch.randn(6, 5, generator=g), -1)
+    erase, add = torch.rand(6, 4, generator=g), torch.randn(6, 4, generator=g)
+    expected = memory
+    for p in range(6):
+        expected = expected * (1 - weights[p, :, None] * erase[p]) + weights[p, :, None] * add[p]
+    torch.testing.assert_close(write(memory, weights, erase, add), expected, rtol=0, atol=1e-6)
+    one = F.one_hot(torch.tensor([2, 2]), 5).float()
+    item = (memory[2] * (1 - erase[0]) + add[0]) * (1 - erase[1]) + add[1]
+    torch.testing.assert_close(write(memory, one, erase[:2], add[:2])[2], item, rtol=0, atol=1e-6)
+
+
+def test_top1_batched_writes_keep_item_norms_like_the_sequential_update():
+    """Top-1 writes with erase ~0.5: summing a step's writes without the erase between them inflates
+    the items; the in-order composition stays near the strictly sequential norms."""
+    n_mem, width = 8, 6
+    memory = torch.randn(1, n_mem, width, generator=torch.Generator().manual_seed(1)) / width ** 0.5
+    fast = strict = summed = memory
+    for step in range(6):
+        region = random_heads(64, 4, n_mem, width, seed=10 + step)
+        word = random_heads(64, 4, n_mem, width, seed=50 + step)
+        fast = fast_update(fast, region, word, topk=1)
+        strict = strict_sequential_update(strict, region, word, topk=1)
+        banks = summed[0]
+        for t in range(4):  # the summed composition: M o prod_p (1 - w_p e_p) + sum_p w_p u_p
+            for heads in (region, word):
+                w = address(heads.key[:, t], banks, heads.strength[:, t], 1)
+                banks = banks * torch.prod(1 - w[:, :, None] * heads.erase[:, t, None], 0) + w.T @ heads.add[:, t]
+        summed = banks[None]
+    norm = lambda m: float(m.norm(dim=-1).max())  # noqa: E731
+    assert norm(fast) < 1.25 * norm(strict)
+    assert norm(summed) > 1.6 * norm(strict)
+
+
+def test_the_write_gate_scales_the_writes_and_learns():
+    n_mem, width = 6, 5
+    memory = torch.randn(1, n_mem, width, generator=torch.Generator().manual_seed(2))
+    region, word = random_heads(3, 4, n_mem, width, seed=1), random_heads(3, 4, n_mem, width, seed=2)
+    closed = Heads(**{**region.__dict__, "gate": torch.zeros(3, 4)}), Heads(**{**word.__dict__, "gate": torch.zeros(3, 4)})
+    torch.testing.assert_close(fast_update(memory, *closed), memory, rtol=0, atol=0)
+    open_ = Heads(**{**region.__dict__, "gate": torch.ones(3, 4)}), Heads(**{**word.__dict__, "gate": torch.ones(3, 4)})
+    torch.testing.assert_close(fast_update(memory, *open_), fast_update(memory, region, word), rtol=0, atol=1e-6)
+    model = small_model(write_gate=-2.0, write_topk=1).train()
+    b = batch(4, [3, 5, 2, 4], seed=1)
+    heads = model.write_heads(*encode(model, b))
+    assert heads[0].gate is not None and 0.05 < float(heads[0].gate.detach().mean()) < 0.2  # sigmoid(-2) = 0.12
+    model.loss(*encode(model, b), b)["loss"].backward()
+    for layer in (model.iface_v, model.iface_s):
+        assert layer.weight.grad[-1].abs().sum() > 0  # the gate's row
+        # top-1: the write keys choose the item and get no gradient; the gate does
+        assert layer.weight.grad[model.mem_width + 1: 2 * model.mem_width + 1].abs().sum() == 0
+
+
+def test_split_writes_read_the_other_half_and_store_both():
+    model = small_model(write_split=True, enhanced_reads=True).train()
+    b = batch(6, [3, 5, 2, 4, 6, 1], seed=3)
+    b["same_image"] = torch.eye(6, dtype=torch.bool)
+    img, txt = encode(model, b)
+    m0 = model.memory.clone()
+    part = lambda reps, idx: {k: v[idx] for k, v in reps.items()}  # noqa: E731
+    first, second = torch.arange(3), torch.arange(3, 6)
+    with torch.no_grad():
+        by_first = model.update_memory(part(img, first), part(txt, first), m0)
+        by_second = model.update_memory(part(img, second), part(txt, second), m0)
+        expected = 0
+        for h, mem in ((first, by_second), (second, by_first)):
+            scores = model.combine(*model.score_terms(part(img, h), part(txt, h), mem))
+            expected += triplet_ranking_loss(scores, model.margin, model.warmup.max_violation, torch.eye(3, dtype=torch.bool))
+        stored = model.update_memory(part(img, second), part(txt, second), by_first)
+    out = model.loss(img, txt, b)
+    torch.testing.assert_close(out["loss"], expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(model.memory, stored, rtol=0, atol=1e-6)
+    out["loss"].backward()
+    assert model.iface_v.weight.grad[model.mem_width + 1:].abs().sum() > 0  # the write heads learn
+
+
+def test_minilm_token_states_as_the_words():
+    model = small_model(text_input="bert", enhanced_reads=True).eval()
+    assert model.inputs.text == ("tokens", "bert") and model.max_len == BERT_MAX_LEN
+    g = torch.Generator().manual_seed(4)
+    lengths = torch.tensor([5, 9, 3])
+    mask = torch.arange(BERT_MAX_LEN)[None] < lengths[:, None]
+    b = {"image": torch.randn(2, REGIONS, IMAGE_DIM, generator=g), "bert": torch.randn(3, BERT_MAX_LEN, BERT_DIM, generator=g),
+         "bert_mask": mask}
+    with torch.no_grad():
+        s = model.similarity(*encode(model, b))
+        junk = dict(b, bert=torch.where(mask[..., None], b["bert"], torch.randn(3, BERT_MAX_LEN, BERT_DIM)))
+        torch.testing.assert_close(model.similarity(*encode(model, junk)), s, rtol=0, atol=1e-6)
+    assert s.shape == (2, 3) and s.std() > 1e-4
+    with pytest.raises(ValueError, match="text_input"):
+        small_model(text_input="glove")

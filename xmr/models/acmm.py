@@ -25,7 +25,10 @@
   margin m, on the B x B score matrix. ``warmup_epochs`` (not in the paper; VSE++'s schedule) sums
   the violations over all negatives for the first epochs: from a random start the hardest-negative
   loss sits at its collapsed value (every score equal, loss 2 B m), which summed violations leave.
-- **ACMM*** (Sec. 4.5): ``ensemble_similarity`` averages the score matrices of lam = 0.5 and 0.8.
+- **ACMM*** (Sec. 4.5): ``ensemble_similarity`` averages the score matrices of lam = 0.5 and 0.8 of
+  ONE trained model, which equals that model scored at lam = 0.65 (Eq. 1 is linear in lam). The
+  paper more plausibly ensembles two models trained at the two lambdas; that reading is not
+  implemented here.
 
 Memory, persistence and gradients (our decisions; the paper gives none of these details):
 
@@ -66,14 +69,35 @@ Memory, persistence and gradients (our decisions; the paper gives none of these 
   outputs, so beta^r starts at oneplus(bias) (e.g. 10 -> ~11).
 - Fast update (b), ``fast_update``: the writes are applied sequentially over word positions
   t = 1..J (2 J steps), each step vectorised over the batch's sentences: at position t the
-  region-side writes of all B pairs are addressed against the current memory and applied at once,
-  ``M <- M o prod_p (1 - w_p e_p) + sum_p w_p u_p``, then the word-side writes likewise. Against the
+  region-side writes of all B pairs are addressed against the current memory, then applied in
+  pair order (``write``: ``M o prod_p k_p + sum_p w_p u_p o prod_{q>p} k_q``, k_p = 1 - w_p e_p, so a
+  later write erases what an earlier one added), then the word-side writes likewise. Against the
   strictly sequential order (pair by pair, word by word, region then word, each write addressed
   after the previous one; ``strict_sequential_update`` in tests/test_acmm.py) this is EXACT for
-  one pair (B = 1: every step holds one write) and otherwise differs only in second order: the B writes of a step are
-  addressed against the same memory, an add of one is not erased by another of the same step, and
-  the order is position-major. Scaling every erase and write vector by eps, the two results differ
-  by O(eps^2) while the update itself is O(eps) (``tests/test_acmm.py`` checks both relations).
+  one pair (B = 1: every step holds one write), and exact for any B given the weights; what
+  differs is that the B writes of a step are addressed against the same memory and the order is
+  position-major. Scaling every erase and write vector by eps, the two results differ by O(eps^2)
+  while the update itself is O(eps); with top-1 writes at full size the item norms stay those of
+  the sequential update, where summing a step's writes (no erase between them) inflated them
+  (``tests/test_acmm.py`` checks all three).
+
+Beyond the paper (off unless a preset says; ``cpu-minilm`` turns all of them on), against a
+memory term that was the same for every pair (results/README.md, ACMM):
+
+- ``text_input="bert"``: the words are frozen MiniLM token states (``docs/substitutes.md``), the
+  input the baseline and the other models read, instead of word vectors.
+- ``enhanced_reads``: Sec. 3.4 calls the reads an enhancement of the generic representations and
+  writes r_j in R^H: a read is mapped back to H by F (linear, W -> H) and added, so the memory
+  term is ``cos(v_j + F r^V_j, s_j + F r^S_j)`` (for the "mem" ablation the pooled
+  ``a_i + F r^V_i`` and ``s_j + F r^S_j``). Two convex mixtures of the same items compared raw
+  cannot tell pairs apart when the reads are near-uniform.
+- ``write_gate`` (the write gate g^w of the DNC that ACMM's memory follows): a sigmoid output of
+  t^V / t^S scaling each write's weights, its logit's bias initialised to ``write_gate``, so the
+  model can learn how much a write changes (a batch's ~B x J x 2 writes otherwise rewrite most of
+  the memory every step). With top-1 writes the gate, erase and write vectors learn; the keys do not.
+- ``write_split``: in training, the batch's two halves each read the memory the other half wrote
+  (``_split_loss``): as at test time no pair reads its own writes, and the write heads still get
+  gradients. ``read_after_write=False`` is the other cure, but leaves the write heads untrained.
 
 Ablations (Table 1), constructor flags, and the score terms that remain:
 
@@ -116,6 +140,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xmr.interface import BERT_DIM, BERT_MAX_LEN
 from xmr.losses import ViolationWarmup, triplet_ranking_loss
 from xmr.models.base import Inputs, Preset, RetrievalModel, Reps, register
 from xmr.models.text_encoders import GRUEncoder, drop_padding_columns, word_embedding
@@ -142,6 +167,17 @@ PRESETS = {
         train=dict(epochs=12, batch_size=64, lr=2e-4, optimizer="adam", grad_clip=2.0, max_len=32,
                    lr_decay_epochs=[8], lr_decay=0.1, dev_images=500),
         note="small enough for 2 CPU cores; validates on the first 500 dev images",
+    ),
+    # The cpu preset on the inputs the other models share (MiniLM token states for the words; run
+    # with --extractor efficientnet-lite2-260 for the regions), with the fixes against a memory
+    # that did not contribute (module docstring, "Beyond the paper"): enhanced reads, a write gate
+    # starting near 0.12, split writes.
+    "cpu-minilm": Preset(
+        model=dict(hidden=256, mem_items=64, mem_width=128, lam=0.5, margin=0.2, warmup_epochs=1,
+                   write_topk=1, text_input="bert", enhanced_reads=True, write_gate=-2.0, write_split=True),
+        train=dict(epochs=12, batch_size=64, lr=2e-4, optimizer="adam", grad_clip=2.0, max_len=32,
+                   lr_decay_epochs=[8], lr_decay=0.1, dev_images=500),
+        note="cpu preset with MiniLM words, enhanced reads, gated and split writes",
     ),
     "tiny": Preset(
         model=dict(word_dim=32, hidden=64, mem_items=16, mem_width=32, lam=0.5, margin=0.2, warmup_epochs=1,
@@ -182,14 +218,19 @@ class Heads:
     erase: torch.Tensor  # (P, T, W) erase vector e in [0, 1]
     add: torch.Tensor  # (P, T, W) write vector u
     mask: torch.Tensor  # (P, T) bool; False = no write (a padding word)
+    gate: torch.Tensor | None = None  # (P, T) write gate g^w in (0, 1) scaling the weights (DNC), or none
 
 
 def write(memory: torch.Tensor, weights: torch.Tensor, erase: torch.Tensor, add: torch.Tensor) -> torch.Tensor:
-    """The update of Sec. 3.3, ``M_i o (1 - w_i e) + w_i u``, for P writes applied at once:
-    ``M o prod_p (1 - w_p e_p) + sum_p w_p u_p``. memory (N, W), weights (P, N), erase / add (P, W).
-    With P = 1 it is the paper's equation exactly."""
-    keep = torch.prod(1 - weights[:, :, None] * erase[:, None, :], dim=0)
-    return memory * keep + weights.T @ add
+    """P writes of Sec. 3.3, ``M_i <- M_i o (1 - w_i e) + w_i u``, applied one after another in the
+    order p = 1..P with the given weights: ``M o prod_p k_p + sum_p w_p u_p o prod_{q>p} k_q`` with
+    ``k_p = 1 - w_p e_p``, so a later write erases what an earlier one added to the same item.
+    memory (N, W), weights (P, N), erase / add (P, W). Exact against the writes in turn whenever the
+    weights are those each write would address (always for P = 1)."""
+    keep = 1 - weights[:, :, None] * erase[:, None, :]  # (P, N, W)
+    from_p = torch.cumprod(keep.flip(0), 0).flip(0)  # prod_{q >= p} k_q
+    after_p = torch.cat([from_p[1:], torch.ones_like(from_p[:1])])  # prod_{q > p} k_q
+    return memory * from_p[0] + (weights[:, :, None] * add[:, None, :] * after_p).sum(0)
 
 
 def fast_update(memory: torch.Tensor, region: Heads, word: Heads, topk: int = 0,
@@ -212,6 +253,8 @@ def fast_update(memory: torch.Tensor, region: Heads, word: Heads, topk: int = 0,
             if not bool(live.any()):
                 continue
             w = address(heads.key[live, t], banks[b], heads.strength[live, t], topk)
+            if heads.gate is not None:
+                w = w * heads.gate[live, t, None]
             banks[b] = write(banks[b], w, heads.erase[live, t], heads.add[live, t])
             if unit_items:
                 banks[b] = F.normalize(banks[b], dim=-1, eps=EPS)
@@ -259,6 +302,12 @@ class ACMM(RetrievalModel):
     @classmethod
     def word_vector_dim(cls, word_dim: int = 300, **_) -> int:
         return word_dim
+
+    @classmethod
+    def inputs_for(cls, text_input: str = "words", **_) -> Inputs:
+        if text_input not in ("words", "bert"):
+            raise ValueError(f"text_input must be 'words' or 'bert', not {text_input!r}")
+        return Inputs(image="regions", text=("tokens", "bert") if text_input == "bert" else ("tokens",))
     # 32 images x 1024 captions per similarity() call, scored in passes of cell_chunk (image, word) cells.
     score_block = (32, 1024)
 
@@ -267,7 +316,9 @@ class ACMM(RetrievalModel):
                  margin: float = 0.2, relation: bool = True, use_alignment: bool = True,
                  use_memory: bool = True, shared_memory: bool = True, read_after_write: bool = True,
                  write_topk: int = 0, unit_items: bool = False, read_strength_bias: float | None = None,
-                 warmup_epochs: int = 0, cell_chunk: int = 1 << 14, word_init: np.ndarray | None = None):
+                 warmup_epochs: int = 0, cell_chunk: int = 1 << 14, word_init: np.ndarray | None = None,
+                 text_input: str = "words", enhanced_reads: bool = False, write_gate: float | None = None,
+                 write_split: bool = False):
         """``hidden`` is H (word states, regions, aligned vectors), ``mem_items`` N, ``mem_width`` W,
         ``lam`` the lambda of Eq. 1; ``write_topk`` > 0 writes only to each write key's k most
         similar items (0: dense, the paper); ``unit_items`` keeps the items at unit length (rescaled
@@ -275,7 +326,10 @@ class ACMM(RetrievalModel):
         outputs of t^V and t^S (None: PyTorch's default, beta^r starts near oneplus(0) = 1.69); both
         are not in the paper (module docstring, "Reads"); ``max_len`` is the width texts are padded
         to (so encoded batches concatenate); the flags select the Table 1 ablations (module docstring); ``cell_chunk`` bounds
-        the (image, word) cells per scoring pass (small passes stay in cache: ~1.7x faster than 2^17)."""
+        the (image, word) cells per scoring pass (small passes stay in cache: ~1.7x faster than 2^17).
+        Not in the paper (module docstring, "Beyond the paper"): ``text_input="bert"`` (words are
+        frozen MiniLM token states), ``enhanced_reads``, ``write_gate`` (the initial bias of the
+        gate's logit; None: no gate), ``write_split``."""
         super().__init__()
         if not (use_alignment or use_memory):
             raise ValueError("ACMM scores a pair through the alignment, the memory or both; both are off")
@@ -285,6 +339,12 @@ class ACMM(RetrievalModel):
         self.relation, self.use_alignment, self.use_memory = relation, use_alignment, use_memory
         self.shared_memory, self.read_after_write = shared_memory, read_after_write
         self.write_topk, self.unit_items = write_topk, unit_items
+        self.inputs = self.inputs_for(text_input=text_input)
+        self.text_input, self.enhanced_reads, self.write_split = text_input, enhanced_reads, write_split
+        self.write_gate = write_gate is not None
+        if text_input == "bert":  # MiniLM token states stand in for the word vectors
+            vocab_size, word_dim, word_init, max_len = None, BERT_DIM, None, BERT_MAX_LEN
+            self.max_len = max_len
         self.cell_chunk = max(1, int(cell_chunk))
         # Sec. 3.1 / 3.2: regions -> FC (-> GCN); words -> vectors -> BiGRU (or a linear map).
         self.image_fc = nn.Linear(image_dim, hidden)
@@ -292,19 +352,24 @@ class ACMM(RetrievalModel):
         if relation:
             self.text = GRUEncoder(vocab_size, word_dim, hidden, bidirectional=True, word_init=word_init)
         else:
-            self.word_emb = word_embedding(vocab_size, word_dim, word_init)
+            self.word_emb = word_embedding(vocab_size, word_dim, word_init) if vocab_size else None
             self.word_fc = nn.Linear(word_dim, hidden)
         if use_alignment:  # Sec. 3.2: alpha(s) = P s, phi(a) = Q a, V = G A W
             self.align_p = nn.Linear(hidden, hidden, bias=False)
             self.align_q = nn.Linear(hidden, hidden, bias=False)
             self.align_w = nn.Linear(hidden, hidden, bias=False)
         if use_memory:  # t^V, t^S -> {k^r, beta^r, k^w, beta^w, e, u}; the memory items
-            self.iface_v = nn.Linear(hidden, 4 * mem_width + 2)
-            self.iface_s = nn.Linear(hidden, 4 * mem_width + 2)
-            if read_strength_bias is not None:
-                with torch.no_grad():  # output W is the read strength (``_read_logits``)
-                    for layer in (self.iface_v, self.iface_s):
+            outputs = 4 * mem_width + 2 + self.write_gate  # the gate's logit last
+            self.iface_v = nn.Linear(hidden, outputs)
+            self.iface_s = nn.Linear(hidden, outputs)
+            with torch.no_grad():
+                for layer in (self.iface_v, self.iface_s):
+                    if read_strength_bias is not None:  # output W is the read strength (``_read_logits``)
                         layer.bias[mem_width] = read_strength_bias
+                    if self.write_gate:
+                        layer.bias[-1] = write_gate
+            # F: a read (W) mapped back to the model width H, added to v_j / s_j
+            self.read_out = nn.Linear(mem_width, hidden, bias=False) if enhanced_reads else None
             banks = 1 if shared_memory else 2
             memory = torch.randn(banks, mem_items, mem_width) / mem_width ** 0.5
             self.register_buffer("memory", F.normalize(memory, dim=-1) if unit_items else memory)
@@ -325,12 +390,15 @@ class ACMM(RetrievalModel):
     def encode_texts(self, batch: dict) -> Reps:
         """Word states S (Sec. 3.2: BiGRU over the word vectors, or their linear map) zeroed at
         padding, the mask, and P S for the alignment; padded to ``max_len`` words."""
-        tokens, lengths = batch["tokens"], batch["lengths"].to(batch["tokens"].device)
-        mask = torch.arange(tokens.size(1), device=tokens.device)[None] < lengths[:, None]
-        if self.relation:
-            s, _ = self.text(tokens, lengths)
+        if self.text_input == "bert":
+            x, lengths = batch["bert"].float(), batch["bert_mask"].sum(1)
         else:
-            s = self.word_fc(self.word_emb(tokens))
+            x, lengths = batch["tokens"], batch["lengths"].to(batch["tokens"].device)
+        mask = torch.arange(x.size(1), device=x.device)[None] < lengths[:, None]
+        if self.relation:
+            s, _ = self.text(x, lengths) if self.text_input == "words" else self.text.run(x, lengths)
+        else:
+            s = self.word_fc(self.word_emb(x) if self.text_input == "words" else x)
         s = s * mask[..., None]
         pad = max(0, self.max_len - s.size(1))
         reps = {"words": F.pad(s, (0, 0, 0, pad)), "mask": F.pad(mask, (0, pad))}
@@ -357,8 +425,10 @@ class ACMM(RetrievalModel):
     def _heads(self, layer: nn.Linear, x: torch.Tensor, mask: torch.Tensor) -> Heads:
         """The write interface vectors of Sec. 3.2 (k^w, oneplus beta^w, sigmoid e, u) of x (P, T, H)."""
         w = self.mem_width
-        _, _, key, strength, erase, add = layer(x).split([w, 1, w, 1, w, w], dim=-1)
-        return Heads(key, oneplus(strength.squeeze(-1)), torch.sigmoid(erase), add, mask)
+        out = layer(x)
+        _, _, key, strength, erase, add = out[..., : 4 * w + 2].split([w, 1, w, 1, w, w], dim=-1)
+        gate = torch.sigmoid(out[..., -1]) if self.write_gate else None
+        return Heads(key, oneplus(strength.squeeze(-1)), torch.sigmoid(erase), add, mask, gate)
 
     def _pooled_read(self, reps: Reps, memory: torch.Tensor) -> torch.Tensor:
         """"mem" ablation: l2 of the mean read r = sum_i w_i M_i (Sec. 3.3) over an image's regions
@@ -371,6 +441,8 @@ class ACMM(RetrievalModel):
             m = reps["mask"].to(x.dtype)
         kb = self._read_logits(layer, x)
         reads = address(kb[..., :-1], bank, oneplus(kb[..., -1])) @ bank
+        if self.read_out is not None:
+            reads = x + self.read_out(reads)
         return F.normalize((reads * m[..., None]).sum(1) / m.sum(1, keepdim=True).clamp(min=1), dim=-1)
 
     def _controller_inputs(self, img: Reps, txt: Reps) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -433,11 +505,17 @@ class ACMM(RetrievalModel):
     def _image_side(self, img: Reps, memory: torch.Tensor | None) -> Reps:
         """The per-image matrix ``side`` the (image, word) cells multiply G with: ``gram`` and, with
         the memory, K' normalise(M^V)^T (for k^Vr_j . M_i / |M_i|) and the read-strength logits."""
-        side = img["gram"]
+        side, out = img["gram"], {"phi": img["phi"], "u": img["u"]}
         if memory is not None:
-            kb = img["rkey"]
-            side = torch.cat([side, kb[..., :-1] @ F.normalize(memory[0], dim=-1, eps=EPS).T, kb[..., -1:]], -1)
-        return {"phi": img["phi"], "u": img["u"], "side": side}
+            kb, bank = img["rkey"], memory[0]
+            parts = [side, kb[..., :-1] @ F.normalize(bank, dim=-1, eps=EPS).T]
+            if self.read_out is not None:  # U F M^T (for v_j . F r^V_j) and (F M)(F M)^T (for |F r^V_j|)
+                parts.append(img["u"] @ self.read_out.weight @ bank.T)
+                fm = self.read_out(bank)
+                out["fmfm"] = fm @ fm.T
+            side = torch.cat(parts + [kb[..., -1:]], -1)
+        out["side"] = side
+        return out
 
     def _word_side(self, s: torch.Tensor, alpha: torch.Tensor, memory: torch.Tensor | None) -> Reps:
         """Per-word parts (words (L, H) or (P, T, H)): the word-side read r^S_j (Sec. 3.3) enters as
@@ -446,7 +524,13 @@ class ACMM(RetrievalModel):
         if memory is not None:
             kb = self._read_logits(self.iface_s, s)
             r_s = address(kb[..., :-1], memory[-1], oneplus(kb[..., -1])) @ memory[-1]
-            parts["r_s_norm"], parts["m_r_s"] = r_s.norm(dim=-1), r_s @ memory[0].T
+            if self.read_out is None:
+                parts["r_s_norm"], parts["m_r_s"] = r_s.norm(dim=-1), r_s @ memory[0].T
+            else:  # the enhanced word s_j + F r^S_j enters through its products with v_j and F r^V_j
+                f_r_s = self.read_out(r_s)
+                weight = self.read_out.weight
+                parts.update(f_r_s=f_r_s, s_plus_norm=(s + f_r_s).norm(dim=-1),
+                             m_s=(s @ weight) @ memory[0].T, m_f_r_s=(f_r_s @ weight) @ memory[0].T)
         return parts
 
     def _cells(self, im: Reps, wd: Reps, memory: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor]:
@@ -468,13 +552,21 @@ class ACMM(RetrievalModel):
         align = vs / (vv.clamp(min=EPS ** 2).sqrt() * wd["s_norm"].clamp(min=EPS))
         if memory is None:
             return None, align
+        n_mem = memory.size(1)
         kk = (t[..., n_reg: 2 * n_reg] * gt).sum(-1)
-        cos_km = t[..., 2 * n_reg: -1] / kk.clamp(min=EPS ** 2).sqrt()[..., None]
+        cos_km = t[..., 2 * n_reg: 2 * n_reg + n_mem] / kk.clamp(min=EPS ** 2).sqrt()[..., None]
         w = torch.softmax(oneplus(t[..., -1])[..., None] * cos_km, dim=-1)  # w^Vr (n, L, N)
-        bank = memory[0]
-        rv_rs = (w * wd["m_r_s"]).sum(-1)
-        rv2 = ((w @ (bank @ bank.T)) * w).sum(-1)
-        mem = rv_rs / (rv2.clamp(min=EPS ** 2).sqrt() * wd["r_s_norm"].clamp(min=EPS))
+        if self.read_out is None:  # cos(r^V_j, r^S_j)
+            bank = memory[0]
+            rv_rs = (w * wd["m_r_s"]).sum(-1)
+            rv2 = ((w @ (bank @ bank.T)) * w).sum(-1)
+            return rv_rs / (rv2.clamp(min=EPS ** 2).sqrt() * wd["r_s_norm"].clamp(min=EPS)), align
+        # cos(v_j + F r^V_j, s_j + F r^S_j), r^V_j = w M^V
+        dot = (vs + (g * _iw(im["u"], wd["f_r_s"])).sum(1)  # v.s + v.F r^S
+               + (w * (wd["m_s"] + wd["m_f_r_s"])).sum(-1))  # F r^V.s + F r^V.F r^S
+        v_frv = (w * t[..., 2 * n_reg + n_mem: -1]).sum(-1)  # v . F r^V
+        vv_plus = vv + 2 * v_frv + ((w @ im["fmfm"]) * w).sum(-1)
+        mem = dot / (vv_plus.clamp(min=EPS ** 2).sqrt() * wd["s_plus_norm"].clamp(min=EPS))
         return mem, align
 
     def score_terms(self, img: Reps, txt: Reps, memory: torch.Tensor | None = None
@@ -546,19 +638,45 @@ class ACMM(RetrievalModel):
         """
         memory = self.memory.detach().clone() if self.use_memory else None
         update = self.use_memory and self.training and torch.is_grad_enabled()
+        positives = batch.get("same_image")
+        n = img["regions"].size(0)
+        if update and self.write_split and n >= 4:
+            return self._split_loss(img, txt, positives, memory)
         new = None
         if update:
             new = self.update_memory(img, txt, memory)
             if self.read_after_write:
                 memory = new
         scores = self.combine(*self.score_terms(img, txt, memory))
-        loss = triplet_ranking_loss(scores, self.margin, self.warmup.max_violation, batch.get("same_image"))
-        out = {"loss": loss}
+        out = {"loss": triplet_ranking_loss(scores, self.margin, self.warmup.max_violation, positives)}
         if new is not None:
-            with torch.no_grad():
-                out["memory_change"] = (new - self.memory).norm() / self.memory.norm().clamp(min=EPS)
-                self.memory.copy_(new)
+            out["memory_change"] = self._store(new)
         return out
+
+    def _split_loss(self, img: Reps, txt: Reps, positives: torch.Tensor | None, memory: torch.Tensor) -> dict:
+        """``write_split``: the batch's two halves each read the memory the other half wrote, so no
+        pair reads its own writes (as at test time, where the memory holds none of the test pairs)
+        while the write heads still get gradients; the ranking loss is summed over the two halves'
+        score blocks, and both halves' writes are stored, the first half's first."""
+        n = img["regions"].size(0)
+        halves = (torch.arange(n // 2), torch.arange(n // 2, n))
+        part = lambda reps, idx: {k: v[idx] for k, v in reps.items()}  # noqa: E731
+        written = [self.update_memory(part(img, h), part(txt, h), memory) for h in halves]
+        loss = 0
+        for h, other in zip(halves, reversed(written)):
+            scores = self.combine(*self.score_terms(part(img, h), part(txt, h), other))
+            pos = None if positives is None else positives[h][:, h]
+            loss = loss + triplet_ranking_loss(scores, self.margin, self.warmup.max_violation, pos)
+        with torch.no_grad():
+            new = self.update_memory(part(img, halves[1]), part(txt, halves[1]), written[0])
+        return {"loss": loss, "memory_change": self._store(new)}
+
+    @torch.no_grad()
+    def _store(self, new: torch.Tensor) -> torch.Tensor:
+        """Keep ``new`` (detached) as the memory; returns |M1 - M0| / |M0|, how much one batch rewrote."""
+        change = (new - self.memory).norm() / self.memory.norm().clamp(min=EPS)
+        self.memory.copy_(new)
+        return change
 
     def on_epoch_start(self, epoch: int) -> None:
         """Hardest negatives from epoch ``warmup_epochs`` on (sum of violations before)."""
