@@ -661,14 +661,15 @@ class ACMM(RetrievalModel):
         n = img["regions"].size(0)
         halves = (torch.arange(n // 2), torch.arange(n // 2, n))
         part = lambda reps, idx: {k: v[idx] for k, v in reps.items()}  # noqa: E731
-        written = [self.update_memory(part(img, h), part(txt, h), memory) for h in halves]
+        heads = [self.write_heads(part(img, h), part(txt, h)) for h in halves]
+        written = [fast_update(memory, *hd, self.write_topk, self.unit_items) for hd in heads]
         loss = 0
         for h, other in zip(halves, reversed(written)):
             scores = self.combine(*self.score_terms(part(img, h), part(txt, h), other))
             pos = None if positives is None else positives[h][:, h]
             loss = loss + triplet_ranking_loss(scores, self.margin, self.warmup.max_violation, pos)
-        with torch.no_grad():
-            new = self.update_memory(part(img, halves[1]), part(txt, halves[1]), written[0])
+        with torch.no_grad():  # the second half's heads again, now on top of the first half's writes
+            new = fast_update(written[0], *heads[1], self.write_topk, self.unit_items)
         return {"loss": loss, "memory_change": self._store(new)}
 
     @torch.no_grad()
