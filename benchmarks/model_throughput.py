@@ -1,12 +1,16 @@
 """Training and scoring throughput of each model preset on Flickr8k features, this machine.
 
-Training: forward + backward + Adam step on ``--batches`` real training batches (after one warm-up
+Training: forward + backward + clipping + optimiser step on ``--batches`` real training batches (after one warm-up
 batch), reported as samples/s and, for pairwise models, in-batch pairs/s (B x B per batch: MMCA
 scores all of them, JGCAR's bi-rank loss B (1 + 2 M') of them).
 Scoring: ``model.similarity`` of ``--images`` test images against all 5,000 test captions in the
 model's own ``score_block`` chunks, reported as pairs/s. Writes results/model-throughput.json.
+The data path (building a batch from the feature caches) is timed apart from the step. With
+``--profile N``, N more steps run under the PyTorch profiler and each row gets the operators that
+take the most CPU time (ms per step and share of the profiled time): where a step spends its time.
     .venv/bin/python benchmarks/model_throughput.py --models vsepp:cpu-bert mmca:cpu mmca:cpu,d=64
-A spec is ``model:preset`` with optional ``,key=value`` model or recipe overrides.
+A spec is ``model:preset`` with an optional ``@extractor`` and ``,key=value`` model or recipe
+overrides, e.g. ``jgcar:cpu@efficientnet-lite2-260`` (the extractor its runs use).
 """
 from __future__ import annotations
 
@@ -29,12 +33,22 @@ from xmr.train import TrainConfig, build
 
 def parse_spec(spec: str) -> TrainConfig:
     head, *pairs = spec.split(",")
+    head, _, extractor = head.partition("@")
     model, preset = head.split(":")
     overrides = {k: json.loads(v) for k, v in (p.split("=", 1) for p in pairs)}
-    return TrainConfig(model=model, preset=preset, data="flickr8k", overrides=overrides, progress=False)
+    return TrainConfig(model=model, preset=preset, data="flickr8k", overrides=overrides, progress=False,
+                       **({"extractor": extractor} if extractor else {}))
 
 
-def measure(cfg: TrainConfig, batches: int, n_images: int) -> dict:
+def top_operators(prof, steps: int, n: int = 12) -> list[dict]:
+    """The ``n`` operators with the most self CPU time in a profile of ``steps`` training steps."""
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    return [{"op": e.key, "ms_per_step": e.self_cpu_time_total / 1e3 / steps, "share": e.self_cpu_time_total / total,
+             "calls_per_step": e.count / steps} for e in events[:n]]
+
+
+def measure(cfg: TrainConfig, batches: int, n_images: int, profile_steps: int = 0) -> dict:
     model_kw, recipe = cfg.resolved()
     inputs = get_entry(cfg.model).cls.inputs_for(**model_kw)
     vocab = Vocab.build(open_split(cfg.data, "train").captions, recipe["min_word_count"])
@@ -46,19 +60,36 @@ def measure(cfg: TrainConfig, batches: int, n_images: int) -> dict:
     bs = recipe["batch_size"]
     it = data["train"].train_batches(bs, np.random.default_rng(0))
     model.train()
-    times = []
-    for step in range(batches + 1):
-        batch = next(it)
-        t0 = time.perf_counter()
+
+    def step(batch: dict) -> None:
         loss = model.loss(model.encode_images(batch), model.encode_texts(batch), batch)["loss"]
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
         loss.backward()
+        if recipe["grad_clip"]:  # as xmr.train does
+            torch.nn.utils.clip_grad_norm_(model.parameters(), recipe["grad_clip"])
         for opt in optimizers:
             opt.step()
-        if step:  # the first batch warms up allocators and kernels
-            times.append(time.perf_counter() - t0)
+
+    times, data_times = [], []
+    for i in range(batches + 1):
+        t0 = time.perf_counter()
+        batch = next(it)
+        t1 = time.perf_counter()
+        step(batch)
+        if i:  # the first batch warms up allocators and kernels
+            times.append(time.perf_counter() - t1)
+            data_times.append(t1 - t0)
     train_s = float(np.sum(times))
+    operators = []
+    if profile_steps:
+        from torch.profiler import ProfilerActivity, profile
+
+        todo = [next(it) for _ in range(profile_steps)]
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for batch in todo:
+                step(batch)
+        operators = top_operators(prof, profile_steps)
     model.eval()
     test = data["test"].head(n_images) if n_images else data["test"]
     with torch.no_grad():
@@ -72,14 +103,16 @@ def measure(cfg: TrainConfig, batches: int, n_images: int) -> dict:
             score_rows(model, take(img, slice(s, s + image_chunk)), txt, caption_chunk)
         score_s = time.perf_counter() - t0
     pairs = test.n_images * data["test"].n_captions
-    return {"model": cfg.model, "preset": cfg.preset, "overrides": cfg.overrides, "batch_size": bs,
+    return {"model": cfg.model, "preset": cfg.preset, "extractor": cfg.extractor, "overrides": cfg.overrides,
+            "batch_size": bs, "step_ms": 1e3 * train_s / batches, "data_ms": 1e3 * float(np.mean(data_times)),
             "params_M": sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6,
             "train_samples_per_s": batches * bs / train_s,
             "train_pairs_per_s": batches * bs * bs / train_s if model.pairwise else None,
             "train_epoch_min_est": data["train"].n_captions / (batches * bs / train_s) / 60,
             "score_images": test.n_images, "score_captions": data["test"].n_captions,
             "encode_s": encode_s, "score_pairs_per_s": pairs / score_s,
-            "full_test_score_min_est": 1000 * data["test"].n_captions / (pairs / score_s) / 60}
+            "full_test_score_min_est": 1000 * data["test"].n_captions / (pairs / score_s) / 60,
+            **({"top_operators": operators} if operators else {})}
 
 
 def main() -> None:
@@ -88,15 +121,17 @@ def main() -> None:
     p.add_argument("--batches", type=int, default=5)
     p.add_argument("--images", type=int, default=32, help="test images scored against all test captions")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--profile", type=int, default=0, metavar="N", help="profile N more training steps")
     p.add_argument("--out", default="results/model-throughput.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     rows = []
     for spec in args.models:
-        rows.append(measure(parse_spec(spec), args.batches, args.images))
+        rows.append(measure(parse_spec(spec), args.batches, args.images, args.profile))
         print(json.dumps(rows[-1]), flush=True)
-    Path(args.out).write_text(json.dumps({"command": "python benchmarks/model_throughput.py --models "
-                                          + " ".join(args.models), "machine": machine_info(),
+    command = " ".join(["python benchmarks/model_throughput.py --models", *args.models,
+                        *(["--profile", str(args.profile)] if args.profile else [])])
+    Path(args.out).write_text(json.dumps({"command": command, "machine": machine_info(),
                                           "results": rows}, indent=1))
 
 

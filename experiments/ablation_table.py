@@ -4,7 +4,8 @@
     python experiments/ablation_table.py OUT_PREFIX TITLE NAME=EVAL_JSON [NAME=EVAL_JSON ...]
 Each EVAL_JSON is written by ``xmr eval --json``; the row uses its two-step result with the largest
 K when the run was evaluated by two-step only, else the exhaustive one. The run's best dev epoch,
-training time and parameter count come from the run folder named in the JSON.
+training time and parameter count come from the run folder named in the JSON (or, for a committed
+result whose run is not on this machine, from the ``metrics.jsonl`` and ``config.json`` beside it).
 When an EVAL_JSON holds a k-shot table (``xmr eval --kshot``), columns "K-shot i2t R@1" and
 "K-shot t2i R@1 (N)" follow for every k (N: the subset's pairs; "-" for a row without it).
 """
@@ -19,8 +20,11 @@ def row(name: str, path: Path) -> dict:
     res = json.loads(path.read_text())
     scored = res if "i2t" in res else max(res["two_step"], key=lambda r: r["k"])
     run = Path(res["run"])
+    if not run.is_dir():  # a committed result whose run is not on this machine: the copies beside it
+        run = path.parent
     metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    best = json.loads((run / "best.json").read_text())
+    best = json.loads((run / "best.json").read_text()) if (run / "best.json").is_file() else \
+        max(metrics, key=lambda m: m["dev_rsum"])
     return {"setting": name, "protocol": "exhaustive" if scored is res else f"two-step K={scored['k']}",
             "i2t": {k: v for k, v in scored["i2t"].items() if k.startswith("r")},
             "t2i": {k: v for k, v in scored["t2i"].items() if k.startswith("r")},

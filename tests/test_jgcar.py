@@ -162,6 +162,31 @@ def test_beta_one_is_the_global_model_and_loss_parts():
     assert all(p.grad is not None for p in joint.coattention_parameters())
 
 
+@torch.no_grad()
+def test_j1_takes_the_hardest_negative_after_the_warm_up():
+    b = batch(6)
+    b["same_image"][0, 1] = b["same_image"][1, 0] = True  # rows 0 and 1 share an image
+    model = small_model(beta=1.0, j1_max_violation=True, warmup_epochs=1).eval()
+    img, txt = model.encode_images(b), model.encode_texts(b)
+    cost = (0.2 + img["g"] @ txt["g"].T - (img["g"] * txt["g"]).sum(1)[:, None]).clamp(min=0)  # image rows
+    cost_t = (0.2 + img["g"] @ txt["g"].T - (img["g"] * txt["g"]).sum(1)[None]).clamp(min=0)  # caption columns
+    blocked = torch.eye(6, dtype=torch.bool) | b["same_image"]
+    cost, cost_t = cost.masked_fill(blocked, 0), cost_t.masked_fill(blocked, 0)
+    model.on_epoch_start(0)  # the warm-up epoch: the paper's mean over all triplets
+    assert model.loss(img, txt, b)["j1"].item() == pytest.approx(((cost.sum() + cost_t.sum()) / 30).item())
+    model.on_epoch_start(1)  # then each query's hardest negative, averaged over the queries
+    want = (cost.max(1)[0].sum() + cost_t.max(0)[0].sum()) / 6
+    assert model.loss(img, txt, b)["j1"].item() == pytest.approx(want.item())
+    assert want > (cost.sum() + cost_t.sum()) / 30
+    plain = small_model(beta=1.0).eval()
+    plain.on_epoch_start(3)  # the paper's J1 at every epoch
+    pi, pt = plain.encode_images(b), plain.encode_texts(b)
+    omega = pi["g"] @ pt["g"].T
+    c = (0.2 + omega - omega.diagonal()[:, None]).clamp(min=0).masked_fill(blocked, 0)
+    ct = (0.2 + omega - omega.diagonal()[None]).clamp(min=0).masked_fill(blocked, 0)
+    assert plain.loss(pi, pt, b)["j1"].item() == pytest.approx(((c.sum() + ct.sum()) / 30).item())
+
+
 def test_paper_optimisers_split_the_parameters():
     model = small_model()
     recipe = {**get_preset("jgcar", "paper").train, "weight_decay": 1e-8, "momentum": 0.99}

@@ -268,7 +268,7 @@ def build(cfg: TrainConfig, vocab: Vocab, data: PairData, word_vectors: bool) ->
     """``build_model`` for a pair model trained on ``data`` (benchmarks and tests build one so)."""
     model_kw, recipe = cfg.resolved()
     task = PairTask.__new__(PairTask)
-    task.recipe, task.vocab, task.train = recipe, vocab, data
+    task.recipe, task.vocab, task.train, task.extractor = recipe, vocab, data, cfg.extractor
     captions = data.split.captions if data is not None else None
     return build_model(cfg, task.facts(), vocab, captions, word_vectors)
 

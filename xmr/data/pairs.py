@@ -88,18 +88,29 @@ class PairData:
             return {"image": torch.from_numpy(np.ascontiguousarray(self.features[idx]))}
         return {"image": torch.from_numpy(np.asarray(self.features[idx], dtype=np.float32))}
 
-    def text_batch(self, idx: np.ndarray) -> dict:
+    def text_batch(self, idx: np.ndarray, trim: bool = False) -> dict:
+        """Token ids cut to the longest caption of ``idx``, with the per-caption text features.
+        ``trim``: per-word features ``X`` with a mask ``X_mask`` cut so too (training batches):
+        cached states are padded to their full width (32 MiniLM positions, far more than most
+        captions need), every model masks padding, so all-padding columns change no result, only cost. Without
+        it they keep the full width, so that encoded chunks of a split stack."""
         lengths = self.lengths[idx]
         width = int(lengths.max())
         batch = {"tokens": torch.from_numpy(self.tokens[idx, :width]), "lengths": torch.from_numpy(lengths)}
+        widths = {}
+        for name in self.text_features if trim else ():
+            if name.endswith("_mask") and name[: -len("_mask")] in self.text_features:
+                mask = np.asarray(self.text_features[name][idx])
+                widths[name] = widths[name[: -len("_mask")]] = int(mask.any(0).nonzero()[0].max(initial=0)) + 1
         for name, values in self.text_features.items():
-            batch[name] = torch.from_numpy(np.asarray(values[idx]))
+            rows = values[idx] if name not in widths else values[idx, : widths[name]]
+            batch[name] = torch.from_numpy(np.ascontiguousarray(rows))
         return batch
 
     def pair_batch(self, caption_idx: np.ndarray, augment: str = "none",
                    rng: np.random.Generator | None = None) -> dict:
         images = self.caption_image[caption_idx]
-        batch = {**self.image_batch(images), **self.text_batch(caption_idx)}
+        batch = {**self.image_batch(images), **self.text_batch(caption_idx, trim=True)}
         if augment != "none":
             batch["image"] = augment_maps(batch["image"], augment, rng)
         same = torch.from_numpy(images[:, None] == images[None, :])

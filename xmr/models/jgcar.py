@@ -33,7 +33,9 @@ Two working choices, off in the ``paper`` preset (xmr options): ``normalize`` l2
 ``V^`` and ``S^`` so Omega is a cosine, as in VSE++ (the unnormalised dot product lets J4 and the
 hinge margin trade against the features' scale); ``global_weight`` w re-ranks by
 ``cos(v_bar, s_bar) + w * Omega`` instead of the co-attentive cosine alone, so the second step
-keeps what the first step knew (w = 0 is the paper's score).
+keeps what the first step knew (w = 0 is the paper's score). ``j1_max_violation`` (also an xmr
+option) makes J1 VSE++'s hardest-negative triplet (its Eq. 5, "MH", the baseline's loss), averaged
+over the batch's queries, after ``warmup_epochs`` of the paper's summed form.
 
 Reading of Eq. 16 (the paper is terse): for pair k = (image i, sentence j) the negative sentence
 set S_i^- and negative image set V_i^- are M' batch items chosen by the global score Omega (the
@@ -49,8 +51,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xmr.interface import BERT_DIM, BERT_MAX_LEN
-from xmr.losses import triplet_ranking_loss
+from xmr.interface import BERT_DIM, BERT_MAX_LEN, gather_rows
+from xmr.losses import ViolationWarmup, triplet_ranking_loss
 from xmr.models.base import Inputs, Preset, RetrievalModel, Reps, Stage, register
 from xmr.models.text_encoders import drop_padding_columns
 from xmr.optim import make_optimizer
@@ -179,10 +181,13 @@ class JGCAR(RetrievalModel):
                  margin: float = 0.2, lambda2: float = 1.0, lambda3: float = 1.0, lambda4: float = 1.0,
                  beta: float = 0.5, gamma: float = 10.0, negatives: int = 30, hard_negatives: bool = False,
                  dropout: float = 0.5, pair_chunk: int = 2048, text_input: str = "words",
-                 normalize: bool = False, global_weight: float = 0.0):
+                 normalize: bool = False, global_weight: float = 0.0, j1_max_violation: bool = False,
+                 warmup_epochs: int = 0):
         """``n_regions`` (N) and ``max_len`` (T; MiniLM's cached width with ``text_input="bert"``)
         size the position-wise biases b_v, b_s of Eq. 12."""
         super().__init__()
+        self.j1_max_violation = j1_max_violation
+        self.warmup = ViolationWarmup(warmup_epochs)
         self.inputs = self.inputs_for(text_input=text_input)
         self.normalize, self.global_weight = normalize, float(global_weight)
         self.margin, self.lambdas = margin, (lambda2, lambda3, lambda4)
@@ -320,7 +325,10 @@ class JGCAR(RetrievalModel):
         """J_G (Eq. 10) and its parts."""
         b = img["g"].size(0)
         omega = img["g"] @ txt["g"].T
-        j1 = triplet_ranking_loss(omega, self.margin, False, batch.get("same_image")) / (b * (b - 1))
+        if self.j1_max_violation and self.warmup.max_violation:  # the hardest negative per query
+            j1 = triplet_ranking_loss(omega, self.margin, True, batch.get("same_image")) / b
+        else:  # the mean over all B (B - 1) triplets
+            j1 = triplet_ranking_loss(omega, self.margin, False, batch.get("same_image")) / (b * (b - 1))
         parts = {"j1": j1}
         l2, l3, l4 = self.lambdas
         labels = batch.get("labels")
@@ -357,8 +365,7 @@ class JGCAR(RetrievalModel):
         # Aligned pairs: (k, k), (k, neg sentence), (neg image, k).
         rows = torch.cat([k, k.repeat_interleave(m), neg_img.reshape(-1)])
         cols = torch.cat([k, neg_txt.reshape(-1), k.repeat_interleave(m)])
-        v_bar, s_bar = self.coattend({key: v[rows] for key, v in img.items()},
-                                     {key: v[cols] for key, v in txt.items()}, aligned=True)
+        v_bar, s_bar = self.coattend(gather_rows(img, rows), gather_rows(txt, cols), aligned=True)
         v_pos, s_pos = v_bar[:b], s_bar[:b]
         v_vs_negtxt, s_negtxt = v_bar[b: b + b * m].view(b, m, -1), s_bar[b: b + b * m].view(b, m, -1)
         v_negimg, s_vs_negimg = v_bar[b + b * m:].view(b, m, -1), s_bar[b + b * m:].view(b, m, -1)
@@ -370,6 +377,9 @@ class JGCAR(RetrievalModel):
         to_img = bi_rank(pos, F.cosine_similarity(v_negimg, s_vs_negimg, dim=-1),
                          F.cosine_similarity(s_pos[:, None], s_negtxt, dim=-1), self.gamma)
         return (to_txt + to_img).mean()
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.warmup.on_epoch_start(epoch)
 
     def loss(self, img: Reps, txt: Reps, batch: dict) -> dict:
         """J = beta J_G + (1 - beta) J_C (Eq. 17)."""

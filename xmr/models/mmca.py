@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from xmr.interface import gather_rows
 from xmr.losses import ViolationWarmup, triplet_ranking_loss
 from xmr.models.base import Inputs, Preset, RetrievalModel, Reps, register
 from xmr.models.text_encoders import drop_padding_columns
@@ -368,13 +369,13 @@ class MMCA(RetrievalModel):
         per-pair blocks run P times, in chunks of ``pair_chunk`` pairs."""
         images, img_of_pair = img_index.unique(return_inverse=True)
         sentences, txt_of_pair = txt_index.unique(return_inverse=True)
-        img_parts, txt_parts = self._cross_sides(img["regions"][images], txt["words"][sentences],
-                                                 txt["word_mask"][sentences])
+        img_parts, txt_parts = self._cross_sides(img["regions"].index_select(0, images),
+                                                 txt["words"].index_select(0, sentences),
+                                                 txt["word_mask"].index_select(0, sentences))
         cross = []
         for s in range(0, img_index.numel(), self.pair_chunk):
             ip, tp = img_of_pair[s: s + self.pair_chunk], txt_of_pair[s: s + self.pair_chunk]
-            i1, c1 = self.cross_pairs({k: v[ip] for k, v in img_parts.items()},
-                                      {k: v[tp] for k, v in txt_parts.items()}, aligned=True)
+            i1, c1 = self.cross_pairs(gather_rows(img_parts, ip), gather_rows(txt_parts, tp), aligned=True)
             cross.append((i1 * c1).sum(-1))
         return torch.cat(cross)
 
