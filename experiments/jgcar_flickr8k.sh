@@ -14,7 +14,9 @@
 #            "the co-attention improves on the global part"
 #   seed     the main model again with seed 1 (the spread between seeds for the claims)
 #   levers   the cpu preset with one working change each (full budget, dev two-step K = 20 at the
-#            preset's chosen w) against the preset's own dev row -> dev-levers.{md,json}
+#            preset's chosen w) against the preset's own dev row -> dev-levers.{md,json},
+#            dev-lever-NAME.json, metrics-lever-NAME.jsonl; the best
+#            on dev, if a lever, tested once -> levers-chosen.txt, test-levers-chosen.json
 #   variants Tables 1-3 on a reduced budget, 2 seeds each: GRL, SGCAR (co-attention trained alone,
 #            re-ranking GRL's shortlist), JGCAR, JGCAR^v1 (no J2, J3), JGCAR^v2 (no J4); test by
 #            two-step K = 20 at the chosen w
@@ -85,6 +87,8 @@ if on levers; then
     local name=$1 label=$2; shift 2
     train "$name" --extractor $EXTRACTOR "$@"
     dev_eval "$name" "$RUNS/$name/dev-w-chosen.json" --set global_weight="$(chosen_w)"
+    cp "$RUNS/$name/dev-w-chosen.json" "$OUT/dev-lever-$name.json"  # with its first stage's dev metrics
+    cp "$RUNS/$name/metrics.jsonl" "$OUT/metrics-lever-$name.jsonl"
     rows+=("$label, w $(chosen_w)=$RUNS/$name/dev-w-chosen.json")
   }
   MH=(--set j1_max_violation=true --set warmup_epochs=1)
@@ -92,6 +96,17 @@ if on levers; then
   lever l23 "lambda2 = lambda3 = 0.1 (weaker label triplets)" --set lambda2=0.1 --set lambda3=0.1
   .venv/bin/python experiments/ablation_table.py "$OUT/dev-levers" \
     "JGCAR levers on dev (full budget, two-step K=$DEV_K, w $(chosen_w))" "${rows[@]}"
+  # The best run on dev, if a lever's, is a chosen setting: its test once, two-step at K = 10, 20, 50.
+  best=$(.venv/bin/python -c "
+import json, sys
+rsum = lambda p: max(json.load(open(p))['two_step'], key=lambda r: r['k'])['rsum']
+named = [a.split('=', 1) for a in sys.argv[1:]]
+print(max(named, key=lambda n: rsum(n[1]))[0])" "preset=$OUT/dev-chosen.json" \
+    "mh=$RUNS/mh/dev-w-chosen.json" "l23=$RUNS/l23/dev-w-chosen.json")
+  echo "$best" > "$OUT/levers-chosen.txt"
+  if [ "$best" != preset ]; then
+    evaluate "$best" "$OUT/test-levers-chosen.json" --set global_weight="$(chosen_w)" --two-step 10 20 50 --no-exhaustive
+  fi
 fi
 
 if on variants; then
