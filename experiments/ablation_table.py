@@ -79,7 +79,7 @@ def main() -> None:
     ax.bar([i - 0.2 for i in x], [r["i2t"]["r1"] for r in rows], 0.4, label="image→text R@1")
     ax.bar([i + 0.2 for i in x], [r["t2i"]["r1"] for r in rows], 0.4, label="text→image R@1")
     ax.set_xticks(list(x), [r["setting"] for r in rows], rotation=30, ha="right", fontsize=8)
-    ax.set(ylabel="test R@1 (%)")
+    ax.set(ylabel="R@1 (%)")  # a table of test or of dev results (its title says which)
     ax.legend(fontsize=7)
     for r in rows:
         points = [(e + 1, v) for e, v in enumerate(r["dev_rsum"]) if v is not None]
