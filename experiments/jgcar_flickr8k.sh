@@ -15,8 +15,8 @@
 #   seed     the main model again with seed 1 (the spread between seeds for the claims)
 #   levers   the cpu preset with one working change each (full budget, dev two-step K = 20 at the
 #            preset's chosen w) against the preset's own dev row -> dev-levers.{md,json},
-#            dev-lever-NAME.json, metrics-lever-NAME.jsonl; the best
-#            on dev, if a lever, tested once -> levers-chosen.txt, test-levers-chosen.json
+#            dev-lever-NAME.json, metrics-lever-NAME.jsonl; the best on dev, if a lever, tested
+#            once -> levers-chosen.txt, test-levers-chosen.json
 #   variants Tables 1-3 on a reduced budget, 2 seeds each: GRL, SGCAR (co-attention trained alone,
 #            re-ranking GRL's shortlist), JGCAR, JGCAR^v1 (no J2, J3), JGCAR^v2 (no J4); test by
 #            two-step K = 20 at the chosen w
@@ -91,8 +91,7 @@ if on levers; then
     cp "$RUNS/$name/metrics.jsonl" "$OUT/metrics-lever-$name.jsonl"
     rows+=("$label, w $(chosen_w)=$RUNS/$name/dev-w-chosen.json")
   }
-  MH=(--set j1_max_violation=true --set warmup_epochs=1)
-  lever mh "J1 with the hardest negative after 1 warm-up epoch" "${MH[@]}"
+  lever mh "J1 with the hardest negative after 1 warm-up epoch" --set j1_max_violation=true --set warmup_epochs=1
   lever l23 "lambda2 = lambda3 = 0.1 (weaker label triplets)" --set lambda2=0.1 --set lambda3=0.1
   .venv/bin/python experiments/ablation_table.py "$OUT/dev-levers" \
     "JGCAR levers on dev (full budget, two-step K=$DEV_K, w $(chosen_w))" "${rows[@]}"

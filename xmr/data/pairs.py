@@ -92,8 +92,8 @@ class PairData:
         """Token ids cut to the longest caption of ``idx``, with the per-caption text features.
         ``trim``: per-word features ``X`` with a mask ``X_mask`` cut so too (training batches):
         cached states are padded to their full width (32 MiniLM positions, far more than most
-        captions need), every model masks padding, so all-padding columns change no result, only cost. Without
-        it they keep the full width, so that encoded chunks of a split stack."""
+        captions need) and every model masks padding, so all-padding columns change no result,
+        only cost. Without it they keep the full width, so that encoded chunks of a split stack."""
         lengths = self.lengths[idx]
         width = int(lengths.max())
         batch = {"tokens": torch.from_numpy(self.tokens[idx, :width]), "lengths": torch.from_numpy(lengths)}
