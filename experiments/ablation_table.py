@@ -20,9 +20,8 @@ def row(name: str, path: Path) -> dict:
     res = json.loads(path.read_text())
     scored = res if "i2t" in res else max(res["two_step"], key=lambda r: r["k"])
     run = Path(res["run"])
-    if not run.is_dir():  # a committed result whose run is not on this machine: the copies beside it
-        run = path.parent
-    metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    metrics_file, config_file = _copies(path, run)
+    metrics = [json.loads(x) for x in metrics_file.read_text().splitlines()]
     best = json.loads((run / "best.json").read_text()) if (run / "best.json").is_file() else \
         max(metrics, key=lambda m: m["dev_rsum"])
     return {"setting": name, "protocol": "exhaustive" if scored is res else f"two-step K={scored['k']}",
@@ -31,8 +30,19 @@ def row(name: str, path: Path) -> dict:
             "rsum": scored["rsum"], "mR": scored["mR"], "best_epoch": best["epoch"] + 1,
             "epochs_run": len(metrics), "train_minutes": sum(m["train_seconds"] for m in metrics) / 60,
             "dev_rsum": [m.get("dev_rsum") for m in metrics], "train_loss": [m.get("train_loss") for m in metrics],
-            "overrides": json.loads((run / "config.json").read_text())["overrides"],
+            "overrides": json.loads(config_file.read_text())["overrides"] if config_file.is_file() else None,
             **({"kshot": {int(k): _kshot_cell(v) for k, v in res["kshot"].items()}} if "kshot" in res else {})}
+
+
+def _copies(path: Path, run: Path) -> tuple[Path, Path]:
+    """A result's metrics and config: the copies made beside ``SPLIT-NAME.json`` for it
+    (``metrics-NAME.jsonl``, ``config-NAME.json``) where they exist, else its run folder's, else
+    (a committed result whose run is not on this machine) the experiment's main copies beside it."""
+    name = path.stem.split("-", 1)[1] if "-" in path.stem else ""
+    if name and (path.parent / f"metrics-{name}.jsonl").is_file():
+        return path.parent / f"metrics-{name}.jsonl", path.parent / f"config-{name}.json"
+    where = run if run.is_dir() else path.parent
+    return where / "metrics.jsonl", where / "config.json"
 
 
 def _kshot_cell(row: dict) -> dict:
