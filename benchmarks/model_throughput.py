@@ -9,6 +9,9 @@ The data path (building a batch from the feature caches) is timed apart from the
 ``--profile N``, N more steps run under the PyTorch profiler and each row gets the operators that
 take the most CPU time (ms per step and share of the profiled time): where a step spends its time.
     .venv/bin/python benchmarks/model_throughput.py --models vsepp:cpu-bert mmca:cpu mmca:cpu,d=64
+With ``--baseline REF``, each spec is measured twice, each time in a fresh process: with this
+checkout's xmr and with xmr as of git commit REF (extracted beside the checkout), in alternating
+order, and the row gives both and their ratio (the old path and the new side by side).
 A spec is ``model:preset`` with an optional ``@extractor`` and ``,key=value`` model or recipe
 overrides, e.g. ``jgcar:cpu@efficientnet-lite2-260`` (the extractor its runs use).
 """
@@ -16,6 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -115,6 +122,39 @@ def measure(cfg: TrainConfig, batches: int, n_images: int, profile_steps: int = 
             **({"top_operators": operators} if operators else {})}
 
 
+def extract(ref: str) -> Path:
+    """The ``xmr`` package as of git commit ``ref``, extracted once beside this checkout (xmr finds
+    ``shared/`` from where its package lies) as ``../xmr-baseline-SHA/``."""
+    sha = subprocess.run(["git", "rev-parse", "--verify", f"{ref}^{{commit}}"], check=True,
+                         capture_output=True, text=True).stdout.strip()
+    root = Path(__file__).resolve().parents[2] / f"xmr-baseline-{sha[:12]}"
+    if not (root / "xmr").is_dir():
+        root.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "archive", sha, "xmr"], check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
+    return root
+
+
+def measure_in(package_root: Path, spec: str, args: argparse.Namespace) -> dict:
+    """One spec measured by this script in a fresh process that imports xmr from ``package_root``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "row.json"
+        cmd = [sys.executable, __file__, "--models", spec, "--batches", str(args.batches), "--images",
+               str(args.images), "--threads", str(args.threads), "--profile", str(args.profile), "--out", str(out)]
+        env = {**os.environ, "PYTHONPATH": str(package_root.resolve())}
+        subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+        return json.loads(out.read_text())["results"][0]
+
+
+def side_by_side(spec: str, baseline: Path, args: argparse.Namespace, first_new: bool) -> dict:
+    here = Path(__file__).resolve().parents[1]
+    runs = [("new", here), ("baseline", baseline)]
+    rows = {name: measure_in(root, spec, args) for name, root in (runs if first_new else runs[::-1])}
+    return {"spec": spec, **rows,
+            "train_ratio": rows["new"]["train_samples_per_s"] / rows["baseline"]["train_samples_per_s"],
+            "score_ratio": rows["new"]["score_pairs_per_s"] / rows["baseline"]["score_pairs_per_s"]}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["vsepp:cpu-bert", "mmca:cpu"])
@@ -122,16 +162,24 @@ def main() -> None:
     p.add_argument("--images", type=int, default=32, help="test images scored against all test captions")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--profile", type=int, default=0, metavar="N", help="profile N more training steps")
+    p.add_argument("--baseline", metavar="REF", help="also measure every spec with xmr as of git commit REF")
     p.add_argument("--out", default="results/model-throughput.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    baseline = extract(args.baseline) if args.baseline else None
     rows = []
-    for spec in args.models:
-        rows.append(measure(parse_spec(spec), args.batches, args.images, args.profile))
+    for i, spec in enumerate(args.models):
+        if baseline is None:
+            rows.append(measure(parse_spec(spec), args.batches, args.images, args.profile))
+        else:
+            rows.append(side_by_side(spec, baseline, args, first_new=i % 2 == 0))
         print(json.dumps(rows[-1]), flush=True)
     command = " ".join(["python benchmarks/model_throughput.py --models", *args.models,
-                        *(["--profile", str(args.profile)] if args.profile else [])])
+                        *(["--batches", str(args.batches)] if args.batches != 5 else []),
+                        *(["--profile", str(args.profile)] if args.profile else []),
+                        *(["--baseline", args.baseline] if args.baseline else [])])
     Path(args.out).write_text(json.dumps({"command": command, "machine": machine_info(),
+                                          **({"baseline": baseline.name} if baseline else {}),
                                           "results": rows}, indent=1))
 
 

@@ -80,3 +80,27 @@ def test_bert_cache_follows_the_captions(tmp_path, monkeypatch, capsys):
     states, _ = text.bert_states(["a cat", "a dog"], tmp_path, "dev", max_len=4, progress=False)
     assert len(calls) == 2 and float(states[0, 0, 0]) == 2.0
     assert "made from a different split" in capsys.readouterr().err
+
+
+def test_bert_cache_built_by_two_at_once(tmp_path, monkeypatch):
+    """A second build of the same cache starting while the first is writing (another process in
+    practice) finishes, and so does the first, each from its own partial file."""
+    from xmr.features import text
+
+    calls = []
+
+    def fake_encode(captions, tokenizer, model, max_len=32, tail_layers=0):
+        calls.append(list(captions))
+        call = len(calls)
+        if call == 1:  # the first build, mid-way: a second one of the same cache
+            inner, _ = text.bert_states(["a dog", "a cat"], tmp_path, "dev", max_len=4, progress=False)
+            assert float(inner[0, 0, 0]) == 2.0
+        n = len(captions)
+        return np.full((n, max_len, text.BERT_DIM), call, np.float16), np.ones((n, max_len), bool)
+
+    monkeypatch.setattr(text, "load_bert", lambda: (None, None))
+    monkeypatch.setattr(text, "bert_encode", fake_encode)
+    states, mask = text.bert_states(["a dog", "a cat"], tmp_path, "dev", max_len=4, progress=False)
+    assert len(calls) == 2 and states.shape == (2, 4, text.BERT_DIM) and mask.all()
+    assert float(states[0, 0, 0]) == 1.0  # the first build's own rows, renamed last
+    assert not list(tmp_path.glob("*.partial"))

@@ -18,6 +18,7 @@ onnx runtime encodes search queries (``xmr.search.engine``).
 from __future__ import annotations
 
 import os
+import tempfile
 from functools import partial
 from pathlib import Path
 
@@ -85,6 +86,12 @@ def bert_encode(captions: list[str], tokenizer, model, max_len: int = BERT_MAX_L
     return hidden.numpy().astype(np.float16), enc["attention_mask"].numpy().astype(bool)
 
 
+def _unique_tmp(folder: Path, name: str) -> str:
+    fd, path = tempfile.mkstemp(dir=folder, prefix=f"{name}.", suffix=".partial")
+    os.close(fd)
+    return path
+
+
 def bert_states(captions: list[str], out: str | Path, split: str, max_len: int = BERT_MAX_LEN,
                 batch_size: int = 128, progress: bool = True,
                 tail_layers: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -106,7 +113,10 @@ def bert_states(captions: list[str], out: str | Path, split: str, max_len: int =
         stale(states_file, "BERT states")
     out.mkdir(parents=True, exist_ok=True)
     tokenizer, model = load_bert()
-    states = np.lib.format.open_memmap(str(states_file) + ".partial", mode="w+", dtype=np.float16,
+    # Unique partial names: processes building the same cache at once each write their own file
+    # (one of them truncating a file another has mapped killed the other with SIGBUS).
+    states_tmp, mask_tmp = (_unique_tmp(out, f.name) for f in (states_file, mask_file))
+    states = np.lib.format.open_memmap(states_tmp, mode="w+", dtype=np.float16,
                                        shape=(len(captions), max_len, BERT_DIM))
     mask = np.zeros((len(captions), max_len), dtype=np.bool_)
     for s in tqdm(range(0, len(captions), batch_size), desc=f"bert {split}", disable=not progress):
@@ -115,7 +125,9 @@ def bert_states(captions: list[str], out: str | Path, split: str, max_len: int =
         mask[s: s + len(part_mask)] = part_mask
     states.flush()
     del states
-    np.save(mask_file, mask)
-    os.replace(str(states_file) + ".partial", states_file)
+    with open(mask_tmp, "wb") as f:
+        np.save(f, mask)
+    os.replace(mask_tmp, mask_file)
+    os.replace(states_tmp, states_file)
     write_key(states_file, key, captions=len(captions), max_len=int(max_len), layer=layer)
     return np.load(states_file, mmap_mode="r"), np.load(mask_file, mmap_mode="r")

@@ -54,6 +54,7 @@ from torch import nn
 from xmr.interface import BERT_DIM, BERT_MAX_LEN, gather_rows
 from xmr.losses import ViolationWarmup, triplet_ranking_loss
 from xmr.models.base import Inputs, Preset, RetrievalModel, Reps, Stage, register
+from xmr.models.rnn import packed_lstm
 from xmr.models.text_encoders import drop_padding_columns
 from xmr.optim import make_optimizer
 
@@ -163,7 +164,7 @@ class PhraseEncoder(nn.Module):
                                for conv in self.convs]).amax(0).transpose(1, 2)  # Eq. 2-3
         packed = nn.utils.rnn.pack_padded_sequence(self.drop(phrases), lengths.cpu().clamp(min=1),
                                                    batch_first=True, enforce_sorted=False)
-        out, _ = self.lstm(packed)
+        out, _ = packed_lstm(self.lstm, packed)
         out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=words.size(1))
         states = out[..., : self.d] + out[..., self.d:]  # forward + backward (Eq. 4)
         return self.drop(states) * mask[..., None], mask

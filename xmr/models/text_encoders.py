@@ -7,6 +7,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from xmr.interface import Reps
+from xmr.models.rnn import packed_gru
 
 
 def drop_padding_columns(words: Reps, whole: tuple[str, ...] = ()) -> Reps:
@@ -44,6 +45,7 @@ class GRUEncoder(nn.Module):
         # vocab_size None: the encoder reads given word vectors (e.g. frozen BERT states) via run().
         self.embed = word_embedding(vocab_size, word_dim, word_init) if vocab_size else None
         self.drop = nn.Dropout(dropout)
+        # nn.GRU holds the parameters (checkpoints keep their names); packed_gru runs them.
         self.rnn = nn.GRU(word_dim, hidden, num_layers=num_layers, batch_first=True,
                           bidirectional=bidirectional)
         self.bidirectional = bidirectional
@@ -55,7 +57,7 @@ class GRUEncoder(nn.Module):
         """The GRU over word vectors ``x`` (B, T, word_dim) with ``lengths`` real words each."""
         x = self.drop(x)
         packed = pack_padded_sequence(x, lengths.cpu().clamp(min=1), batch_first=True, enforce_sorted=False)
-        out, h = self.rnn(packed)
+        out, h = packed_gru(self.rnn, packed)
         states, _ = pad_packed_sequence(out, batch_first=True, total_length=x.size(1))
         if self.bidirectional:
             hidden = states.size(-1) // 2
