@@ -5,7 +5,9 @@ batch), reported as samples/s and, for pairwise models, in-batch pairs/s (B x B 
 scores all of them, JGCAR's bi-rank loss B (1 + 2 M') of them).
 Scoring: ``model.similarity`` of ``--images`` test images against all 5,000 test captions in the
 model's own ``score_block`` chunks, reported as pairs/s. Writes results/model-throughput.json.
-The data path (building a batch from the feature caches) is timed apart from the step. With
+The data path (building a batch from the feature caches) is timed apart from the step; then
+``--batches`` more batches run through xmr's own training loop (``xmr.train.train_epoch``: data path,
+step and logging as a training run has them), reported as ``loop_samples_per_s``. With
 ``--profile N``, N more steps run under the PyTorch profiler and each row gets the operators that
 take the most CPU time (ms per step and share of the profiled time): where a step spends its time.
     .venv/bin/python benchmarks/model_throughput.py --models vsepp:cpu-bert mmca:cpu mmca:cpu,d=64
@@ -18,6 +20,7 @@ overrides, e.g. ``jgcar:cpu@efficientnet-lite2-260`` (the extractor its runs use
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -35,7 +38,7 @@ from xmr.eval.evaluate import encode, score_rows, take
 from xmr.features.store import pair_data
 from xmr.machine import machine_info
 from xmr.models import get_entry
-from xmr.train import TrainConfig, build
+from xmr.train import EpochSums, TrainConfig, build, train_epoch
 
 
 def parse_spec(spec: str) -> TrainConfig:
@@ -53,6 +56,19 @@ def top_operators(prof, steps: int, n: int = 12) -> list[dict]:
     total = sum(e.self_cpu_time_total for e in events)
     return [{"op": e.key, "ms_per_step": e.self_cpu_time_total / 1e3 / steps, "share": e.self_cpu_time_total / total,
              "calls_per_step": e.count / steps} for e in events[:n]]
+
+
+class _First:
+    """The first ``n`` training batches of ``data``: a batch source for ``train_epoch``."""
+
+    def __init__(self, data, n: int):
+        self.data, self.n = data, n
+
+    def n_train_batches(self, batch_size: int) -> int:
+        return self.n
+
+    def train_batches(self, batch_size: int, rng: np.random.Generator):
+        return itertools.islice(self.data.train_batches(batch_size, rng), self.n)
 
 
 def measure(cfg: TrainConfig, batches: int, n_images: int, profile_steps: int = 0) -> dict:
@@ -88,6 +104,8 @@ def measure(cfg: TrainConfig, batches: int, n_images: int, profile_steps: int = 
             times.append(time.perf_counter() - t1)
             data_times.append(t1 - t0)
     train_s = float(np.sum(times))
+    loop = train_epoch(model, model.stages[0], _First(data["train"], batches), optimizers, model, recipe,
+                       np.random.default_rng(1), EpochSums(), "loop", False, None)
     operators = []
     if profile_steps:
         from torch.profiler import ProfilerActivity, profile
@@ -113,7 +131,7 @@ def measure(cfg: TrainConfig, batches: int, n_images: int, profile_steps: int = 
     return {"model": cfg.model, "preset": cfg.preset, "extractor": cfg.extractor, "overrides": cfg.overrides,
             "batch_size": bs, "step_ms": 1e3 * train_s / batches, "data_ms": 1e3 * float(np.mean(data_times)),
             "params_M": sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6,
-            "train_samples_per_s": batches * bs / train_s,
+            "train_samples_per_s": batches * bs / train_s, "loop_samples_per_s": batches * bs / loop.seconds,
             "train_pairs_per_s": batches * bs * bs / train_s if model.pairwise else None,
             "train_epoch_min_est": data["train"].n_captions / (batches * bs / train_s) / 60,
             "score_images": test.n_images, "score_captions": data["test"].n_captions,
@@ -152,6 +170,7 @@ def side_by_side(spec: str, baseline: Path, args: argparse.Namespace, first_new:
     rows = {name: measure_in(root, spec, args) for name, root in (runs if first_new else runs[::-1])}
     return {"spec": spec, **rows,
             "train_ratio": rows["new"]["train_samples_per_s"] / rows["baseline"]["train_samples_per_s"],
+            "loop_ratio": rows["new"]["loop_samples_per_s"] / rows["baseline"]["loop_samples_per_s"],
             "score_ratio": rows["new"]["score_pairs_per_s"] / rows["baseline"]["score_pairs_per_s"]}
 
 

@@ -18,9 +18,10 @@ import itertools
 import json
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -348,6 +349,18 @@ class EpochSums:
     seconds: float = 0.0
 
 
+def prefetched(items: Iterable) -> Iterator:
+    """``items`` in order, each built by a background thread while the previous one is used: the
+    next batch's reads from the feature memmaps overlap the training step (which releases the GIL
+    in torch's kernels)."""
+    items, end = iter(items), object()
+    with ThreadPoolExecutor(1, thread_name_prefix="xmr-batches") as pool:
+        ahead = pool.submit(next, items, end)
+        while (item := ahead.result()) is not end:
+            ahead = pool.submit(next, items, end)
+            yield item
+
+
 def train_epoch(model: RetrievalModel, stage: Stage, batches, optimizers: list[torch.optim.Optimizer],
                 encode: Callable, recipe: dict, rng: np.random.Generator, sums: EpochSums, desc: str,
                 progress: bool, save_partial: Callable[[EpochSums], None] | None) -> EpochSums:
@@ -355,7 +368,7 @@ def train_epoch(model: RetrievalModel, stage: Stage, batches, optimizers: list[t
     batch's loss, backward, clipping and optimiser steps; ``save_partial`` every
     ``checkpoint_every`` steps."""
     n_batches = batches.n_train_batches(recipe["batch_size"])
-    todo = itertools.islice(batches.train_batches(recipe["batch_size"], rng), sums.step, None)
+    todo = prefetched(itertools.islice(batches.train_batches(recipe["batch_size"], rng), sums.step, None))
     t0 = time.perf_counter() - sums.seconds
     bar = tqdm(todo, total=n_batches, initial=sums.step, desc=desc, disable=not progress)
     for sums.step, batch in enumerate(bar, sums.step + 1):
