@@ -9,9 +9,10 @@ train() {  # run name, then any --set KEY=VALUE overrides; resumes an unfinished
     --threads "${THREADS:-2}" --quiet --resume "$@" >> "$RUNS/$name.log" 2>&1
 }
 
-evaluate() {  # run name, result json, then xmr eval options; skipped when the json exists
+evaluate() {  # run name, result json, then xmr eval options; skipped when the json is newer than
+  # the run's best checkpoint (a committed result of an earlier training does not block a new one)
   local name=$1 json=$2; shift 2
-  [ -f "$json" ] || $XMR eval "$RUNS/$name" --split test --json "$json" --threads "${THREADS:-2}" "$@" \
+  [ "$json" -nt "$RUNS/$name/best.json" ] || $XMR eval "$RUNS/$name" --split test --json "$json" --threads "${THREADS:-2}" "$@" \
     >> "$RUNS/$name.log" 2>&1
 }
 
