@@ -3,10 +3,10 @@
 # frozen MiniLM token states as the words; keyword labels from the captions for J2 / J3,
 # xmr/data/keyword_labels.py). Regenerates results/jgcar-flickr8k/. Re-running resumes unfinished
 # runs and reuses finished ones.
-#   bash experiments/jgcar_flickr8k.sh [trials|main|grl|seed|levers|variants|all]   (default all)
+#   bash experiments/jgcar_flickr8k.sh [trials|main|grl|seed|levers|txt1|variants|all]   (default all)
 #   trials   the short dev trials that chose the cpu preset's lambda4 and gamma (2,000 training
 #            images, 1 epoch, dev two-step K = 20) -> dev-trials.{md,json}
-#   main     the cpu preset (6 epochs, ~4 min each on 2 cores); the re-rank's weight w of Omega
+#   main     the cpu preset (6 epochs, ~7 min each on 2 cores); the re-rank's weight w of Omega
 #            (score = co-attentive cosine + w Omega; w = 0 is the paper's) chosen on dev by two-step
 #            K = 20 (the trained weights scored with each w: xmr eval --set global_weight=W); then
 #            test at that w: exhaustive and two-step K = 10 ... 200, attention maps
@@ -17,6 +17,11 @@
 #            preset's chosen w) against the preset's own dev row -> dev-levers.{md,json},
 #            dev-lever-NAME.json, metrics-lever-NAME.jsonl; the best on dev, if a lever, tested
 #            once -> levers-chosen.txt, test-levers-chosen.json
+#   txt1     the text side's fine-tuning, as VSE++'s lite2-txt1 (the baseline's chosen run): from the
+#            finished main run, 3 more epochs at lr 5e-5 with MiniLM's last layer trained on cached
+#            layer-5 states (text_tail_layers=1, at 1x the rate); dev two-step K = 20 at the chosen w
+#            against the main run's row -> dev-txt1.{md,json}, dev-lever-txt1.json; if better on dev,
+#            its test once -> test-txt1.json
 #   variants Tables 1-3 on a reduced budget, 2 seeds each: GRL, SGCAR (co-attention trained alone,
 #            re-ranking GRL's shortlist), JGCAR, JGCAR^v1 (no J2, J3), JGCAR^v2 (no J4); test by
 #            two-step K = 20 at the chosen w
@@ -108,6 +113,27 @@ print(max(sys.argv[1:], key=lambda n: rsum(f'$OUT/dev-lever-{n}.json')))" base m
   echo "$best" > "$OUT/levers-chosen.txt"
   if [ "$best" != base ]; then
     evaluate "$best" "$OUT/test-levers-chosen.json" --set global_weight=$LEVER_W --two-step 10 20 50 --no-exhaustive
+  fi
+fi
+
+if on txt1; then
+  W="$(chosen_w)"
+  train joint-txt1 --extractor $EXTRACTOR --set init_from=$RUNS/joint --set text_tail_layers=1 \
+    --set text_tail_lr_scale=1 --set epochs=3 --set lr=5e-5 --set lr_decay_epochs=[]
+  dev_eval joint-txt1 "$RUNS/joint-txt1/dev-w-$W.json" --set global_weight=$W
+  cp "$RUNS/joint-txt1/dev-w-$W.json" "$OUT/dev-lever-txt1.json"  # with its first stage's dev metrics
+  cp "$RUNS/joint-txt1/metrics.jsonl" "$OUT/metrics-lever-txt1.jsonl"
+  cp "$RUNS/joint-txt1/config.json" "$OUT/config-lever-txt1.json"
+  .venv/bin/python experiments/ablation_table.py "$OUT/dev-txt1" \
+    "JGCAR: MiniLM's top layer fine-tuned from the main run (dev, two-step K=$DEV_K, w $W)" \
+    "the cpu preset (main run), w $W=$OUT/dev-chosen.json" \
+    "+ 3 epochs at lr 5e-5, MiniLM's last layer trained, w $W=$OUT/dev-lever-txt1.json"
+  better=$(.venv/bin/python -c "
+import json, sys
+rsum = lambda p: max(json.load(open(p))['two_step'], key=lambda r: r['k'])['rsum']
+print(int(rsum(sys.argv[2]) > rsum(sys.argv[1])))" "$OUT/dev-chosen.json" "$OUT/dev-lever-txt1.json")
+  if [ "$better" = 1 ]; then
+    evaluate joint-txt1 "$OUT/test-txt1.json" --set global_weight=$W --two-step 10 20 50 --no-exhaustive
   fi
 fi
 

@@ -224,3 +224,28 @@ def test_train_tiny_end_to_end(feature_cache, tmp_path):
     assert len(rows) == 2 and rows[1]["train_loss"] < rows[0]["train_loss"]
     assert {"train_j1", "train_j4", "train_j_c"} <= set(rows[0])
     assert best["k"] == 20 and best["rsum"] > 150, best  # chance is ~51
+
+
+@pytest.mark.slow
+def test_minilm_tail_feeds_the_phrases_and_trains_at_its_own_rate():
+    """text_tail_layers = 1: the words of Eq. 1 are MiniLM's last layer run on the cached layer-5
+    states (declared as the input it needs), trained at text_tail_lr_scale times the rate."""
+    assert small_model(text_input="bert").inputs.bert_tail == 0
+    with pytest.raises(ValueError, match="text_input='bert'"):
+        small_model(text_tail_layers=1)
+    model = small_model(text_input="bert", text_tail_layers=1, text_tail_lr_scale=0.5)
+    assert model.inputs.bert_tail == 1
+    groups = model.build_optimizers(model.stages[0], {"lr": 1e-3, "weight_decay": 0.0, "optimizer": "adam"})[0].param_groups
+    tail = {id(p) for p in model.text_tail.parameters()}
+    assert [g["lr"] for g in groups] == [1e-3, pytest.approx(5e-4)]
+    assert {id(p) for p in groups[1]["params"]} == tail and not tail & {id(p) for p in groups[0]["params"]}
+    b = bert_batch(4)
+    model.eval()
+    txt = model.encode_texts(b)
+    # The phrases read the tail's output, not the cached states themselves.
+    with torch.no_grad():
+        tail_states = model.text_tail(b["bert"], b["bert_mask"])
+    assert not torch.allclose(tail_states, b["bert"].float())
+    torch.testing.assert_close(model.text(tail_states, b["bert_mask"].sum(1))[0], txt["S"])
+    txt["g"].sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.text_tail.parameters() if p.dim() > 1)

@@ -171,6 +171,17 @@ class RetrievalModel(nn.Module):
         recipe's learning rate (e.g. a fine-tuned CNN tail trained slower than the new layers)."""
         return [{"params": [p for p in self.parameters() if p.requires_grad]}]
 
+    def scaled_param_groups(self, *scaled: tuple[nn.Module | None, float]) -> list[dict]:
+        """``param_groups`` for a model with fine-tuned pretrained parts: each ``(module, lr_scale)``
+        (None: absent) its own group, the remaining trainable parameters one group at scale 1."""
+        scaled = tuple((m, scale) for m, scale in scaled if m is not None)
+        if not scaled:
+            return RetrievalModel.param_groups(self)
+        inside = {id(p) for m, _ in scaled for p in m.parameters()}
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in inside]
+        return [{"params": rest}] + [{"params": [p for p in m.parameters() if p.requires_grad], "lr_scale": scale}
+                                     for m, scale in scaled]
+
     def start_stage(self, stage: Stage) -> None:
         """Called before a stage's optimisers are built, also when a run resumes inside it (e.g.
         CMMN freezes its pre-networks for the joint stage)."""

@@ -51,10 +51,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xmr.interface import BERT_DIM, BERT_MAX_LEN, gather_rows
+from xmr.interface import BERT_DIM, BERT_LAYERS, BERT_MAX_LEN, gather_rows
 from xmr.losses import ViolationWarmup, triplet_ranking_loss
 from xmr.models.base import Inputs, Preset, RetrievalModel, Reps, Stage, register
 from xmr.models.rnn import packed_lstm
+from xmr.models.text_tail import TextTail
 from xmr.models.text_encoders import drop_padding_columns
 from xmr.optim import make_optimizer
 
@@ -184,13 +185,17 @@ class JGCAR(RetrievalModel):
                  beta: float = 0.5, gamma: float = 10.0, negatives: int = 30, hard_negatives: bool = False,
                  dropout: float = 0.5, pair_chunk: int = 2048, text_input: str = "words",
                  normalize: bool = False, global_weight: float = 0.0, j1_max_violation: bool = False,
-                 warmup_epochs: int = 0):
+                 warmup_epochs: int = 0, text_tail_layers: int = 0, text_tail_lr_scale: float = 0.1):
         """``n_regions`` (N) and ``max_len`` (T; MiniLM's cached width with ``text_input="bert"``)
-        size the position-wise biases b_v, b_s of Eq. 12."""
+        size the position-wise biases b_v, b_s of Eq. 12. ``text_tail_layers`` = k fine-tunes
+        MiniLM's last k layers on cached lower-layer states (``text_tail.py``, as VSE++'s option) at
+        ``text_tail_lr_scale`` times the learning rate."""
         super().__init__()
         self.j1_max_violation = j1_max_violation
         self.warmup = ViolationWarmup(warmup_epochs)
-        self.inputs = self.inputs_for(text_input=text_input)
+        self.inputs = self.inputs_for(text_input=text_input, text_tail_layers=text_tail_layers)
+        self.text_tail = TextTail(text_tail_layers) if text_tail_layers else None
+        self.text_tail_lr_scale = text_tail_lr_scale
         self.normalize, self.global_weight = normalize, float(global_weight)
         self.margin, self.lambdas = margin, (lambda2, lambda3, lambda4)
         self.beta, self.gamma, self.negatives, self.hard_negatives = beta, gamma, negatives, hard_negatives
@@ -212,10 +217,19 @@ class JGCAR(RetrievalModel):
         self.w_hs = nn.Linear(att_dim, 1, bias=False)
 
     @classmethod
-    def inputs_for(cls, text_input: str = "words", **_) -> Inputs:
+    def inputs_for(cls, text_input: str = "words", text_tail_layers: int = 0, **_) -> Inputs:
         if text_input not in ("words", "bert"):
             raise ValueError(f"text_input must be 'words' or 'bert', not {text_input!r}")
-        return Inputs(image="regions", text=("tokens", "bert") if text_input == "bert" else ("tokens",), labels=True)
+        if not 0 <= text_tail_layers <= BERT_LAYERS:
+            raise ValueError(f"text_tail_layers={text_tail_layers}: MiniLM has {BERT_LAYERS} layers, "
+                             f"use 0..{BERT_LAYERS}")
+        if text_tail_layers and text_input != "bert":
+            raise ValueError(f"text_tail_layers={text_tail_layers} fine-tunes MiniLM: it needs text_input='bert'")
+        return Inputs(image="regions", text=("tokens", "bert") if text_input == "bert" else ("tokens",), labels=True,
+                      bert_tail=text_tail_layers)
+
+    def param_groups(self) -> list[dict]:
+        return self.scaled_param_groups((self.text_tail, self.text_tail_lr_scale))
 
     @property
     def uses_coattention(self) -> bool:
@@ -245,8 +259,10 @@ class JGCAR(RetrievalModel):
         return {"V": v, "g": self.pooled(v.mean(1)), "qv": q, "hv": torch.tanh(q + self.b_v[: v.size(1)])}
 
     def encode_texts(self, batch: dict) -> Reps:
-        if self.word_embed is None:  # frozen MiniLM token states as S^w
-            words, lengths = batch["bert"].float(), batch["bert_mask"].sum(1)
+        if self.word_embed is None:  # MiniLM token states as S^w (its top layers fine-tuned with a tail)
+            mask = batch["bert_mask"]
+            words = batch["bert"].float() if self.text_tail is None else self.text_tail(batch["bert"], mask)
+            lengths = mask.sum(1)
         else:
             words, lengths = self.word_embed(batch["tokens"]), batch["lengths"]
         s, mask = self.text(words, lengths)

@@ -129,14 +129,7 @@ class VSEPP(RetrievalModel):
         return {"emb": F.normalize(self.image_fc(self.drop(feats)), dim=-1)}
 
     def param_groups(self) -> list[dict]:
-        tails = [(m, scale) for m, scale in ((self.tail, self.tail_lr_scale), (self.text_tail, self.text_tail_lr_scale))
-                 if m is not None]
-        if not tails:
-            return super().param_groups()
-        in_tails = {id(p) for m, _ in tails for p in m.parameters()}
-        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in in_tails]
-        return [{"params": rest}] + [{"params": [p for p in m.parameters() if p.requires_grad], "lr_scale": scale}
-                                     for m, scale in tails]
+        return self.scaled_param_groups((self.tail, self.tail_lr_scale), (self.text_tail, self.text_tail_lr_scale))
 
     @classmethod
     def word_vector_dim(cls, word_dim: int = 300, text_input: str = "words", **_) -> int | None:
