@@ -6,7 +6,7 @@
 #   bash experiments/jgcar_flickr8k.sh [trials|main|grl|seed|levers|txt1|variants|all]   (default all)
 #   trials   the short dev trials that chose the cpu preset's lambda4 and gamma (2,000 training
 #            images, 1 epoch, dev two-step K = 20) -> dev-trials.{md,json}
-#   main     the cpu preset (6 epochs, ~7 min each on 2 cores); the re-rank's weight w of Omega
+#   main     the cpu preset (6 epochs, ~3 min each on 2 cores); the re-rank's weight w of Omega
 #            (score = co-attentive cosine + w Omega; w = 0 is the paper's) chosen on dev by two-step
 #            K = 20 (the trained weights scored with each w: xmr eval --set global_weight=W); then
 #            test at that w: exhaustive and two-step K = 10 ... 200, attention maps

@@ -51,11 +51,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xmr.interface import BERT_DIM, BERT_LAYERS, BERT_MAX_LEN, gather_rows
+from xmr.interface import BERT_DIM, BERT_MAX_LEN, gather_rows
 from xmr.losses import ViolationWarmup, triplet_ranking_loss
 from xmr.models.base import Inputs, Preset, RetrievalModel, Reps, Stage, register
 from xmr.models.rnn import packed_lstm
-from xmr.models.text_tail import TextTail
+from xmr.models.text_tail import TextTail, check_tail_option
 from xmr.models.text_encoders import drop_padding_columns
 from xmr.optim import make_optimizer
 
@@ -220,11 +220,7 @@ class JGCAR(RetrievalModel):
     def inputs_for(cls, text_input: str = "words", text_tail_layers: int = 0, **_) -> Inputs:
         if text_input not in ("words", "bert"):
             raise ValueError(f"text_input must be 'words' or 'bert', not {text_input!r}")
-        if not 0 <= text_tail_layers <= BERT_LAYERS:
-            raise ValueError(f"text_tail_layers={text_tail_layers}: MiniLM has {BERT_LAYERS} layers, "
-                             f"use 0..{BERT_LAYERS}")
-        if text_tail_layers and text_input != "bert":
-            raise ValueError(f"text_tail_layers={text_tail_layers} fine-tunes MiniLM: it needs text_input='bert'")
+        check_tail_option(text_tail_layers, text_input)
         return Inputs(image="regions", text=("tokens", "bert") if text_input == "bert" else ("tokens",), labels=True,
                       bert_tail=text_tail_layers)
 

@@ -20,6 +20,14 @@ from xmr.backbones import minilm
 from xmr.interface import BERT_LAYERS
 
 
+def check_tail_option(text_tail_layers: int, text_input: str) -> None:
+    """A model's ``text_tail_layers`` option: 0..6, and only over MiniLM states (``text_input="bert"``)."""
+    if not 0 <= text_tail_layers <= BERT_LAYERS:
+        raise ValueError(f"text_tail_layers={text_tail_layers}: MiniLM has {BERT_LAYERS} layers, use 0..{BERT_LAYERS}")
+    if text_tail_layers and text_input != "bert":
+        raise ValueError(f"text_tail_layers={text_tail_layers} fine-tunes MiniLM: it needs text_input='bert'")
+
+
 class TextTail(nn.Module):
     """Cached states (B, T, 384) of MiniLM layer ``6 - tail_layers`` and their mask (B, T) -> the
     final token states (B, T, 384), float32.

@@ -23,11 +23,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from xmr.backbones import FEATURE_DIM
-from xmr.interface import BERT_DIM, BERT_LAYERS, sentence_vectors
+from xmr.interface import BERT_DIM, sentence_vectors
 from xmr.losses import ViolationWarmup, triplet_ranking_loss
 from xmr.models.base import Inputs, Preset, RetrievalModel, Reps, register
 from xmr.models.image_tail import ImageTail
-from xmr.models.text_tail import TextTail
+from xmr.models.text_tail import TextTail, check_tail_option
 from xmr.models.text_encoders import GRUEncoder
 
 PRESETS = {
@@ -144,11 +144,7 @@ class VSEPP(RetrievalModel):
             raise ValueError(f"text_pool must be 'gru', 'mean' or 'gru+mean', not {text_pool!r}")
         if text_pool != "gru" and text_input != "bert":
             raise ValueError(f"text_pool={text_pool!r} pools MiniLM states: it needs text_input='bert'")
-        if not 0 <= text_tail_layers <= BERT_LAYERS:
-            raise ValueError(f"text_tail_layers={text_tail_layers}: MiniLM has {BERT_LAYERS} layers, "
-                             f"use 0..{BERT_LAYERS}")
-        if text_tail_layers and text_input != "bert":
-            raise ValueError(f"text_tail_layers={text_tail_layers} fine-tunes MiniLM: it needs text_input='bert'")
+        check_tail_option(text_tail_layers, text_input)
         if image_input not in ("pooled", "trunk", "pixels"):
             raise ValueError(f"image_input must be 'pooled', 'trunk' or 'pixels', not {image_input!r}")
         if image_pool not in ("mean", "max"):
