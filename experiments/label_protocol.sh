@@ -11,9 +11,9 @@ cd "$(dirname "$0")/.."
 XMR=.venv/bin/xmr
 OUT=results/label-protocol
 mkdir -p "$OUT"
-labels() {  # name, run, then eval options; skipped when its json exists
+labels() {  # name, run, then eval options; skipped when its json is newer than the run's best checkpoint
   local name=$1 run=$2; shift 2
-  [ -f "$OUT/$name.json" ] || $XMR eval "$run" --protocol labels --split test --threads "${THREADS:-2}" \
+  [ "$OUT/$name.json" -nt "$run/best.json" ] || $XMR eval "$run" --protocol labels --split test --threads "${THREADS:-2}" \
     --json "$OUT/$name.json" "$@" > "$OUT/$name.log" 2>&1
 }
 labels vsepp "runs/vsepp-f8k-levers/$(cat results/vsepp-flickr8k/chosen.txt)"

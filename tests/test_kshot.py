@@ -182,6 +182,7 @@ def test_cli_eval_kshot_json(make_precomputed, tmp_path, capsys):
     assert main(["eval", str(run), "--kshot", "0", "1", "5", "--json", str(out), "--cache", str(cache)]) == 0
     assert "k-shot" in capsys.readouterr().out
     result = json.loads(out.read_text())
+    assert result["epoch"] == json.loads((run / "best.json").read_text())["epoch"]  # which checkpoint scored
     table = result["kshot"]
     assert set(table) == {"0", "1", "5"}
     ci = np.repeat(np.arange(20), 5)

@@ -277,7 +277,8 @@ def _eval_pairs(args) -> int:
                          f"{meta['model']} on {args.split}")
     if args.json:
         result = {"run": args.run_name, "checkpoint": args.checkpoint, "data": args.data or meta["data"],
-                  "split": args.split, "folds": args.folds, "model_overrides": overrides, **result}
+                  "epoch": meta.get("epoch"), "split": args.split, "folds": args.folds,
+                  "model_overrides": overrides, **result}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=1))
     return 0
