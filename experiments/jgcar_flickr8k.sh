@@ -19,7 +19,8 @@
 #            once -> levers-chosen.txt, test-levers-chosen.json
 #   txt1     the text side's fine-tuning, as VSE++'s lite2-txt1 (the baseline's chosen run): from the
 #            finished main run, 3 more epochs at lr 5e-5 with MiniLM's last layer trained on cached
-#            layer-5 states (text_tail_layers=1, at 1x the rate); dev two-step K = 20 at the chosen w
+#            layer-5 states (text_tail_layers=1, at 1x the rate); its own w chosen on dev
+#            (dev-txt1-global-weight.{md,json}, txt1-chosen-global-weight.txt), dev two-step K = 20
 #            against the main run's row -> dev-txt1.{md,json}, dev-lever-txt1.json; if better on dev,
 #            its test once -> test-txt1.json
 #   levers-cpu  the cpu preset (w chosen by main) with one change each, full budget, dev two-step
@@ -123,23 +124,25 @@ print(max(sys.argv[1:], key=lambda n: rsum(f'$OUT/dev-lever-{n}.json')))" base m
 fi
 
 if on txt1; then
-  W="$(chosen_w)"
   train joint-txt1 --extractor $EXTRACTOR --set init_from=$RUNS/joint --set text_tail_layers=1 \
     --set text_tail_lr_scale=1 --set epochs=3 --set lr=5e-5 --set lr_decay_epochs=[]
-  dev_eval joint-txt1 "$RUNS/joint-txt1/dev-w-$W.json" --set global_weight=$W
-  cp "$RUNS/joint-txt1/dev-w-$W.json" "$OUT/dev-lever-txt1.json"  # with its first stage's dev metrics
+  # The fine-tuned text side changes the balance of the two scores, so w is chosen again on dev.
+  dev_sweep joint-txt1 global_weight "$OUT/dev-txt1-global-weight" \
+    "JGCAR txt1: re-rank weight of Omega on dev (two-step K=$DEV_K)" $WEIGHTS > "$OUT/txt1-chosen-global-weight.txt"
+  TW=$(cat "$OUT/txt1-chosen-global-weight.txt")
+  cp "$RUNS/joint-txt1/dev-global_weight-$TW.json" "$OUT/dev-lever-txt1.json"  # with its first stage's dev metrics
   cp "$RUNS/joint-txt1/metrics.jsonl" "$OUT/metrics-lever-txt1.jsonl"
   cp "$RUNS/joint-txt1/config.json" "$OUT/config-lever-txt1.json"
   .venv/bin/python experiments/ablation_table.py "$OUT/dev-txt1" \
-    "JGCAR: MiniLM's top layer fine-tuned from the main run (dev, two-step K=$DEV_K, w $W)" \
-    "the cpu preset (main run), w $W=$OUT/dev-chosen.json" \
-    "+ 3 epochs at lr 5e-5, MiniLM's last layer trained, w $W=$OUT/dev-lever-txt1.json"
+    "JGCAR: MiniLM's top layer fine-tuned from the main run (dev, two-step K=$DEV_K, each at its w chosen on dev)" \
+    "the cpu preset (main run), w $(chosen_w)=$OUT/dev-chosen.json" \
+    "+ 3 epochs at lr 5e-5, MiniLM's last layer trained, w $TW=$OUT/dev-lever-txt1.json"
   better=$(.venv/bin/python -c "
 import json, sys
 rsum = lambda p: max(json.load(open(p))['two_step'], key=lambda r: r['k'])['rsum']
 print(int(rsum(sys.argv[2]) > rsum(sys.argv[1])))" "$OUT/dev-chosen.json" "$OUT/dev-lever-txt1.json")
   if [ "$better" = 1 ]; then
-    evaluate joint-txt1 "$OUT/test-txt1.json" --set global_weight=$W --two-step 10 20 50 --no-exhaustive
+    evaluate joint-txt1 "$OUT/test-txt1.json" --set global_weight=$TW --two-step 10 20 50
   fi
 fi
 
