@@ -46,6 +46,24 @@ mkdir -p "$OUT" "$RUNS"
 $XMR features flickr8k --extractor $EXTRACTOR >/dev/null
 on() { [ "$STAGE" = "$1" ] || [ "$STAGE" = all ]; }
 chosen_w() { cat "$OUT/chosen-global-weight.txt"; }
+keep_lever() {  # run name, file name, its dev json (with its first stage's dev metrics): copies into $OUT
+  cp "$3" "$OUT/dev-lever-$2.json"
+  cp "$RUNS/$1/metrics.jsonl" "$OUT/metrics-lever-$2.jsonl"
+  cp "$RUNS/$1/config.json" "$OUT/config-lever-$2.json"
+}
+lever() {  # run name, table label, w, then overrides: trained, scored on dev at w, kept, a table row
+  local name=$1 label=$2 w=$3; shift 3
+  train "$name" --extractor $EXTRACTOR "$@"
+  dev_eval "$name" "$RUNS/$name/dev-w-$w.json" --set global_weight="$w"
+  keep_lever "$name" "$name" "$RUNS/$name/dev-w-$w.json"
+  rows+=("$label, w $w=$OUT/dev-lever-$name.json")
+}
+best_on_dev() {  # NAME=DEV_JSON ... -> the first NAME with the highest two-step rsum
+  .venv/bin/python -c "
+import json, sys
+rsum = lambda p: max(json.load(open(p))['two_step'], key=lambda r: r['k'])['rsum']
+print(max((a.split('=', 1) for a in sys.argv[1:]), key=lambda nv: rsum(nv[1]))[0])" "$@"
+}
 
 if on trials; then
   TRIAL=(--extractor $EXTRACTOR --set train_images=2000 --set epochs=1)
@@ -98,25 +116,14 @@ if on levers; then
   # preset again, with one change each; lambda2 = lambda3 = 0.1 won here and is the preset since.
   BASE=(--set lambda2=1.0 --set lambda3=1.0) LEVER_W=2
   rows=()
-  lever() {  # run name, table label, then overrides; the run scored on dev at w = LEVER_W
-    local name=$1 label=$2; shift 2
-    train "$name" --extractor $EXTRACTOR "${BASE[@]}" "$@"
-    dev_eval "$name" "$RUNS/$name/dev-w-$LEVER_W.json" --set global_weight=$LEVER_W
-    cp "$RUNS/$name/dev-w-$LEVER_W.json" "$OUT/dev-lever-$name.json"  # with its first stage's dev metrics
-    cp "$RUNS/$name/metrics.jsonl" "$OUT/metrics-lever-$name.jsonl"
-    cp "$RUNS/$name/config.json" "$OUT/config-lever-$name.json"
-    rows+=("$label, w $LEVER_W=$OUT/dev-lever-$name.json")
-  }
-  lever base "lambda2 = lambda3 = 1 (the preset before 2026-12-02)"
-  lever mh "J1 with the hardest negative after 1 warm-up epoch" --set j1_max_violation=true --set warmup_epochs=1
-  lever l23 "lambda2 = lambda3 = 0.1 (weaker label triplets)" --set lambda2=0.1 --set lambda3=0.1
+  lever base "lambda2 = lambda3 = 1 (the preset before 2026-12-02)" $LEVER_W "${BASE[@]}"
+  lever mh "J1 with the hardest negative after 1 warm-up epoch" $LEVER_W "${BASE[@]}" \
+    --set j1_max_violation=true --set warmup_epochs=1
+  lever l23 "lambda2 = lambda3 = 0.1 (weaker label triplets)" $LEVER_W "${BASE[@]}" --set lambda2=0.1 --set lambda3=0.1
   .venv/bin/python experiments/ablation_table.py "$OUT/dev-levers" \
     "JGCAR levers on dev (full budget, two-step K=$DEV_K, w $LEVER_W)" "${rows[@]}"
   # The best run on dev, if a lever's, is a chosen setting: its test once, two-step at K = 10, 20, 50.
-  best=$(.venv/bin/python -c "
-import json, sys
-rsum = lambda p: max(json.load(open(p))['two_step'], key=lambda r: r['k'])['rsum']
-print(max(sys.argv[1:], key=lambda n: rsum(f'$OUT/dev-lever-{n}.json')))" base mh l23)
+  best=$(best_on_dev base="$OUT/dev-lever-base.json" mh="$OUT/dev-lever-mh.json" l23="$OUT/dev-lever-l23.json")
   echo "$best" > "$OUT/levers-chosen.txt"
   if [ "$best" != base ]; then
     evaluate "$best" "$OUT/test-levers-chosen.json" --set global_weight=$LEVER_W --two-step 10 20 50 --no-exhaustive
@@ -130,18 +137,12 @@ if on txt1; then
   dev_sweep joint-txt1 global_weight "$OUT/dev-txt1-global-weight" \
     "JGCAR txt1: re-rank weight of Omega on dev (two-step K=$DEV_K)" $WEIGHTS > "$OUT/txt1-chosen-global-weight.txt"
   TW=$(cat "$OUT/txt1-chosen-global-weight.txt")
-  cp "$RUNS/joint-txt1/dev-global_weight-$TW.json" "$OUT/dev-lever-txt1.json"  # with its first stage's dev metrics
-  cp "$RUNS/joint-txt1/metrics.jsonl" "$OUT/metrics-lever-txt1.jsonl"
-  cp "$RUNS/joint-txt1/config.json" "$OUT/config-lever-txt1.json"
+  keep_lever joint-txt1 txt1 "$RUNS/joint-txt1/dev-global_weight-$TW.json"
   .venv/bin/python experiments/ablation_table.py "$OUT/dev-txt1" \
     "JGCAR: MiniLM's top layer fine-tuned from the main run (dev, two-step K=$DEV_K, each at its w chosen on dev)" \
     "the cpu preset (main run), w $(chosen_w)=$OUT/dev-chosen.json" \
     "+ 3 epochs at lr 5e-5, MiniLM's last layer trained, w $TW=$OUT/dev-lever-txt1.json"
-  better=$(.venv/bin/python -c "
-import json, sys
-rsum = lambda p: max(json.load(open(p))['two_step'], key=lambda r: r['k'])['rsum']
-print(int(rsum(sys.argv[2]) > rsum(sys.argv[1])))" "$OUT/dev-chosen.json" "$OUT/dev-lever-txt1.json")
-  if [ "$better" = 1 ]; then
+  if [ "$(best_on_dev main="$OUT/dev-chosen.json" txt1="$OUT/dev-lever-txt1.json")" = txt1 ]; then
     evaluate joint-txt1 "$OUT/test-txt1.json" --set global_weight=$TW --two-step 10 20 50
   fi
 fi
@@ -149,36 +150,25 @@ fi
 if on levers-cpu; then
   W="$(chosen_w)"
   rows=("the cpu preset (main run), w $W=$OUT/dev-chosen.json")
-  declare -A LEVER=([cpu-mh]="--set j1_max_violation=true --set warmup_epochs=1"
-                    [cpu-long]="--set epochs=9 --set lr_decay_epochs=[6]")
-  declare -A LABEL=([cpu-mh]="+ J1 with the hardest negative after 1 warm-up epoch"
-                    [cpu-long]="+ 9 epochs, lr decay after 6")
-  for name in cpu-mh cpu-long; do
-    # shellcheck disable=SC2086  # the overrides are words
-    train "$name" --extractor $EXTRACTOR ${LEVER[$name]}
-    dev_eval "$name" "$RUNS/$name/dev-w-$W.json" --set global_weight=$W
-    cp "$RUNS/$name/dev-w-$W.json" "$OUT/dev-lever-$name.json"  # with its first stage's dev metrics
-    cp "$RUNS/$name/metrics.jsonl" "$OUT/metrics-lever-$name.jsonl"
-    cp "$RUNS/$name/config.json" "$OUT/config-lever-$name.json"
-    rows+=("${LABEL[$name]}, w $W=$OUT/dev-lever-$name.json")
-  done
+  MH=(--set j1_max_violation=true --set warmup_epochs=1) MH_LABEL="+ J1 with the hardest negative after 1 warm-up epoch"
+  LONG=(--set epochs=9 --set "lr_decay_epochs=[6]") LONG_LABEL="+ 9 epochs, lr decay after 6"
+  lever cpu-mh "$MH_LABEL" "$W" "${MH[@]}"
+  lever cpu-long "$LONG_LABEL" "$W" "${LONG[@]}"
   .venv/bin/python experiments/ablation_table.py "$OUT/dev-levers-cpu" \
     "JGCAR levers on the cpu preset (dev, full budget, two-step K=$DEV_K, w $W)" "${rows[@]}"
-  best=$(.venv/bin/python -c "
-import json, sys
-rsum = lambda p: max(json.load(open(p))['two_step'], key=lambda r: r['k'])['rsum']
-print(max(sys.argv[1:], key=lambda n: rsum('$OUT/dev-chosen.json' if n == 'main' else f'$OUT/dev-lever-{n}.json')))" \
-    main cpu-mh cpu-long)
+  best=$(best_on_dev main="$OUT/dev-chosen.json" cpu-mh="$OUT/dev-lever-cpu-mh.json" cpu-long="$OUT/dev-lever-cpu-long.json")
   echo "$best" > "$OUT/levers-cpu-chosen.txt"
   if [ "$best" != main ]; then
-    evaluate "$best" "$OUT/test-levers-cpu-chosen.json" --set global_weight=$W --two-step 10 20 50
-    # shellcheck disable=SC2086
-    train "$best-s1" --extractor $EXTRACTOR ${LEVER[$best]} --seed 1
-    dev_eval "$best-s1" "$RUNS/$best-s1/dev-w-$W.json" --set global_weight=$W
-    cp "$RUNS/$best-s1/dev-w-$W.json" "$OUT/dev-lever-$best-s1.json"
+    evaluate "$best" "$OUT/test-levers-cpu-chosen.json" --set global_weight="$W" --two-step 10 20 50
+    case $best in
+      cpu-mh) overrides=("${MH[@]}") label=$MH_LABEL ;;
+      *) overrides=("${LONG[@]}") label=$LONG_LABEL ;;
+    esac
+    rows=()
+    lever "$best-s1" "$label, seed 1" "$W" "${overrides[@]}" --seed 1
     .venv/bin/python experiments/ablation_table.py "$OUT/dev-levers-cpu-seeds" \
       "JGCAR: the chosen lever's seeds (dev, two-step K=$DEV_K, w $W; the preset's: dev-seeds.md)" \
-      "${LABEL[$best]}, seed 0=$OUT/dev-lever-$best.json" "${LABEL[$best]}, seed 1=$OUT/dev-lever-$best-s1.json"
+      "$label, seed 0=$OUT/dev-lever-$best.json" "${rows[@]}"
   fi
 fi
 
