@@ -3,7 +3,7 @@
 # frozen MiniLM token states as the words; keyword labels from the captions for J2 / J3,
 # xmr/data/keyword_labels.py). Regenerates results/jgcar-flickr8k/. Re-running resumes unfinished
 # runs and reuses finished ones.
-#   bash experiments/jgcar_flickr8k.sh [trials|main|grl|seed|levers|txt1|levers-cpu|variants|all]   (default all)
+#   bash experiments/jgcar_flickr8k.sh [trials|main|grl|seed|levers|txt1|levers-cpu|t2i-levers|variants|all]   (default all)
 #   trials   the short dev trials that chose the cpu preset's lambda4 and gamma (2,000 training
 #            images, 1 epoch, dev two-step K = 20) -> dev-trials.{md,json}
 #   main     the cpu preset (6 epochs, ~3 min each on 2 cores); the re-rank's weight w of Omega
@@ -29,6 +29,13 @@
 #            (9 epochs, decay after 6: dev still rose at the decay) -> dev-levers-cpu.{md,json};
 #            the best on dev, if a lever, tested once -> levers-cpu-chosen.txt,
 #            test-levers-cpu-chosen.json, and its seed 1 on dev -> dev-levers-cpu-seeds.{md,json}
+#   t2i-levers  for the text->image gap, the cpu preset with one change each, full budget, each at
+#            its own w chosen on dev (dev-NAME-global-weight.{md,json}, NAME-chosen-global-weight.txt),
+#            against the main run's row -> dev-NAME.{md,json}, dev-lever-NAME.json; if better on
+#            dev, its test once -> test-NAME.json, and its seed 1 on dev -> dev-NAME-seeds.{md,json}.
+#            wm: S^ plus a linear projection of the mean MiniLM state (global_word_mean=true);
+#            v1: lambda2 = lambda3 = 0 (JGCAR^v1 at the full budget); wm-mh: wm with J1 taking the
+#            hardest negative after 1 warm-up epoch
 #   variants Tables 1-3 on a reduced budget, 2 seeds each: GRL, SGCAR (co-attention trained alone,
 #            re-ranking GRL's shortlist), JGCAR, JGCAR^v1 (no J2, J3), JGCAR^v2 (no J4); test by
 #            two-step K = 20 at the chosen w
@@ -170,6 +177,39 @@ if on levers-cpu; then
       "JGCAR: the chosen lever's seeds (dev, two-step K=$DEV_K, w $W; the preset's: dev-seeds.md)" \
       "$label, seed 0=$OUT/dev-lever-$best.json" "${rows[@]}"
   fi
+fi
+
+if on t2i-levers; then
+  t2i_lever() {  # run name, table label, then overrides: trained, its own w chosen on dev, against the
+    # main run's row; if better on dev, its test once and its seed 1 on dev
+    local name=$1 label=$2; shift 2
+    train "$name" --extractor $EXTRACTOR "$@"
+    dev_sweep "$name" global_weight "$OUT/dev-$name-global-weight" \
+      "JGCAR $label: re-rank weight of Omega on dev (two-step K=$DEV_K)" $WEIGHTS > "$OUT/$name-chosen-global-weight.txt"
+    local w; w=$(cat "$OUT/$name-chosen-global-weight.txt")
+    keep_lever "$name" "$name" "$RUNS/$name/dev-global_weight-$w.json"
+    .venv/bin/python experiments/ablation_table.py "$OUT/dev-$name" \
+      "JGCAR $label (dev, two-step K=$DEV_K, each at its w chosen on dev)" \
+      "the cpu preset (main run), w $(chosen_w)=$OUT/dev-chosen.json" "$label, w $w=$OUT/dev-lever-$name.json"
+    if [ "$(best_on_dev main="$OUT/dev-chosen.json" "$name=$OUT/dev-lever-$name.json")" = "$name" ]; then
+      evaluate "$name" "$OUT/test-$name.json" --set global_weight="$w" --two-step 10 20 50 100 \
+        --plot "$OUT/k_curve-$name.png"
+      rows=()
+      lever "$name-s1" "$label, seed 1" "$w" "$@" --seed 1
+      .venv/bin/python experiments/ablation_table.py "$OUT/dev-$name-seeds" \
+        "JGCAR $label: seeds (dev, two-step K=$DEV_K, w $w; the preset's: dev-seeds.md)" \
+        "$label, seed 0, w $w=$OUT/dev-lever-$name.json" "${rows[@]}"
+    fi
+  }
+  # VSE++'s text_pool=mean alone (a projection of the mean MiniLM state) reaches the baseline's dev
+  # text->image R@1 (vsepp-flickr8k/dev-levers.md), where JGCAR's first stage trails it.
+  t2i_lever wm "+ the mean word's projection in S^" --set global_word_mean=true
+  # lambda2 = lambda3 = 1 -> 0.1 gained 4.8 dev rsum (dev-levers.md); JGCAR^v1 drops J2, J3.
+  t2i_lever v1 "JGCAR^v1 (lambda2 = lambda3 = 0: no J2, J3)" --set lambda2=0 --set lambda3=0
+  # wm weakens the first stage (its J1, the averaged hinge, stays near zero) while its re-rank gains:
+  # J1 with the hardest negative (levers-cpu's mh) on top, to keep the global ranking signal alive.
+  t2i_lever wm-mh "+ the mean word's projection in S^, J1 with the hardest negative after 1 warm-up epoch" \
+    --set global_word_mean=true --set j1_max_violation=true --set warmup_epochs=1
 fi
 
 if on variants; then

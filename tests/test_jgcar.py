@@ -138,6 +138,29 @@ def test_bert_words_normalised_globals_and_the_global_weight():
         small_model(text_input="glove")
 
 
+def test_global_word_mean_adds_the_projected_mean_word_to_the_global_sentence_only():
+    """global_word_mean: S^ = mean(S) + W mean(words), the words' padding ignored; the co-attentive
+    score does not read it; J_G trains the projection."""
+    plain = small_model(text_input="bert").eval()
+    model = small_model(text_input="bert", global_word_mean=True).eval()
+    model.load_state_dict(plain.state_dict(), strict=False)  # the same weights but W
+    b = bert_batch(5)
+    with torch.no_grad():
+        img, txt, base = model.encode_images(b), model.encode_texts(b), plain.encode_texts(b)
+        mask = b["bert_mask"]
+        mean_word = (b["bert"].float() * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+        torch.testing.assert_close(txt["g"], base["g"] + model.word_mean(mean_word))
+        torch.testing.assert_close(txt["S"], base["S"])
+        torch.testing.assert_close(model.similarity(img, txt), plain.similarity(img, base))
+        junk = dict(b, bert=b["bert"].clone())
+        junk["bert"][~mask] = 9.0
+        torch.testing.assert_close(model.encode_texts(junk)["g"], txt["g"], rtol=0, atol=1e-5)
+    model.train()
+    model.global_loss(model.encode_images(b), model.encode_texts(b), b)["j_g"].backward()
+    assert model.word_mean.weight.grad.abs().sum() > 0
+    assert small_model(text_input="bert").word_mean is None
+
+
 def test_bert_model_trains_and_its_loss_reaches_the_encoders():
     model = small_model(text_input="bert", normalize=True, global_weight=1.0).train()
     b = bert_batch(6)

@@ -29,13 +29,16 @@ ACM MM 2018).
   ``similarity`` / ``pair_similarity`` give the co-attentive cosine that re-ranks them
   (``xmr.eval.two_step``).
 
-Two working choices, off in the ``paper`` preset (xmr options): ``normalize`` l2-normalises
-``V^`` and ``S^`` so Omega is a cosine, as in VSE++ (the unnormalised dot product lets J4 and the
-hinge margin trade against the features' scale); ``global_weight`` w re-ranks by
-``cos(v_bar, s_bar) + w * Omega`` instead of the co-attentive cosine alone, so the second step
-keeps what the first step knew (w = 0 is the paper's score). ``j1_max_violation`` (also an xmr
-option) makes J1 VSE++'s hardest-negative triplet (its Eq. 5, "MH", the baseline's loss), averaged
-over the batch's queries, after ``warmup_epochs`` of the paper's summed form.
+Working choices, off in the ``paper`` preset (xmr options): ``normalize`` l2-normalises ``V^`` and
+``S^`` so Omega is a cosine, as in VSE++ (the unnormalised dot product lets J4 and the hinge margin
+trade against the features' scale); ``global_weight`` w re-ranks by ``cos(v_bar, s_bar) + w *
+Omega`` instead of the co-attentive cosine alone, so the second step keeps what the first step knew
+(w = 0 is the paper's score); ``global_word_mean`` adds a linear projection of the mean word vector
+to ``S^`` (with MiniLM states as the words, MiniLM's own sentence embedding, which VSE++'s
+``text_pool="mean"`` reads): a shortcut past Eq. 2-4 for the first step only, the co-attention
+still reads ``S``. ``j1_max_violation`` makes J1 VSE++'s hardest-negative triplet (its Eq. 5,
+"MH", the baseline's loss), averaged over the batch's queries, after ``warmup_epochs`` of the
+paper's summed form.
 
 Reading of Eq. 16 (the paper is terse): for pair k = (image i, sentence j) the negative sentence
 set S_i^- and negative image set V_i^- are M' batch items chosen by the global score Omega (the
@@ -185,11 +188,13 @@ class JGCAR(RetrievalModel):
                  beta: float = 0.5, gamma: float = 10.0, negatives: int = 30, hard_negatives: bool = False,
                  dropout: float = 0.5, pair_chunk: int = 2048, text_input: str = "words",
                  normalize: bool = False, global_weight: float = 0.0, j1_max_violation: bool = False,
-                 warmup_epochs: int = 0, text_tail_layers: int = 0, text_tail_lr_scale: float = 0.1):
+                 warmup_epochs: int = 0, text_tail_layers: int = 0, text_tail_lr_scale: float = 0.1,
+                 global_word_mean: bool = False):
         """``n_regions`` (N) and ``max_len`` (T; MiniLM's cached width with ``text_input="bert"``)
         size the position-wise biases b_v, b_s of Eq. 12. ``text_tail_layers`` = k fine-tunes
         MiniLM's last k layers on cached lower-layer states (``text_tail.py``, as VSE++'s option) at
-        ``text_tail_lr_scale`` times the learning rate."""
+        ``text_tail_lr_scale`` times the learning rate. ``global_word_mean`` adds a linear projection
+        of the mean word vector to S^ (the global sentence vector only; the co-attention reads S)."""
         super().__init__()
         self.j1_max_violation = j1_max_violation
         self.warmup = ViolationWarmup(warmup_epochs)
@@ -205,6 +210,7 @@ class JGCAR(RetrievalModel):
         else:
             self.word_embed = nn.Embedding(vocab_size, word_dim)  # W_e (Eq. 1)
         self.text = PhraseEncoder(word_dim, phrase_dim, d, dropout)
+        self.word_mean = nn.Linear(word_dim, d) if global_word_mean else None
         self.image_fc = nn.Linear(image_dim, d)  # W_I, b_I (Eq. 5)
         self.drop = nn.Dropout(dropout)
         # Co-attention parameters (Eq. 11-13).
@@ -262,7 +268,10 @@ class JGCAR(RetrievalModel):
         else:
             words, lengths = self.word_embed(batch["tokens"]), batch["lengths"]
         s, mask = self.text(words, lengths)
-        g = s.sum(1) / mask.sum(1, keepdim=True).clamp(min=1)  # average over the words
+        n_words = mask.sum(1, keepdim=True).clamp(min=1)
+        g = s.sum(1) / n_words  # average over the words
+        if self.word_mean is not None:
+            g = g + self.word_mean((words * mask[..., None]).sum(1) / n_words)
         q = self.w_s(s)  # W_s S
         return {"S": s, "mask": mask, "g": self.pooled(g), "sw": self.w_b(s), "qs": q,
                 "hs": torch.tanh(q + self.b_s[: s.size(1)])}
