@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xmr.interface import BERT_DIM, BERT_MAX_LEN, gather_rows
+from xmr.interface import BERT_DIM, BERT_MAX_LEN, gather_rows, sentence_vectors
 from xmr.losses import ViolationWarmup, triplet_ranking_loss
 from xmr.models.base import Inputs, Preset, RetrievalModel, Reps, Stage, register
 from xmr.models.rnn import packed_lstm
@@ -268,10 +268,9 @@ class JGCAR(RetrievalModel):
         else:
             words, lengths = self.word_embed(batch["tokens"]), batch["lengths"]
         s, mask = self.text(words, lengths)
-        n_words = mask.sum(1, keepdim=True).clamp(min=1)
-        g = s.sum(1) / n_words  # average over the words
+        g = s.sum(1) / mask.sum(1, keepdim=True).clamp(min=1)  # average over the words
         if self.word_mean is not None:
-            g = g + self.word_mean((words * mask[..., None]).sum(1) / n_words)
+            g = g + self.word_mean(sentence_vectors(words, mask))
         q = self.w_s(s)  # W_s S
         return {"S": s, "mask": mask, "g": self.pooled(g), "sw": self.w_b(s), "qs": q,
                 "hs": torch.tanh(q + self.b_s[: s.size(1)])}
