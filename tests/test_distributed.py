@@ -87,3 +87,24 @@ def test_shard_needs_an_even_split():
     assert distributed.shard(8, distributed.Context(1, 2)) == slice(4, 8)
     with pytest.raises(ValueError, match="does not split over 3"):
         distributed.shard(8, distributed.Context(0, 3))
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads thread names from /proc (Linux)")
+def test_worker_threads_reports_a_live_gloo_named_thread_until_it_is_joined():
+    import ctypes
+    import threading
+
+    release, named = threading.Event(), threading.Event()
+
+    def body():
+        ctypes.CDLL(None).prctl(15, b"gloo_probe", 0, 0, 0)  # PR_SET_NAME: the OS-level name /proc shows
+        named.set()
+        release.wait()
+
+    t = threading.Thread(target=body)
+    t.start()
+    named.wait()
+    assert distributed.worker_threads(settle_s=0.05) == ["gloo_probe"]  # still alive after the wait
+    release.set()
+    t.join()
+    assert distributed.worker_threads() == []  # gone once the thread has exited, however late /proc drops it

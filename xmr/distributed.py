@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gc
 import os
+import time
 import warnings
 from dataclasses import dataclass
 
@@ -159,16 +160,27 @@ def teardown(ctx: Context) -> None:
     del group  # the last reference: ~ProcessGroupGloo joins the worker threads
 
 
-def worker_threads() -> list[str]:
-    """Names of this process's gloo threads still running (Linux; empty elsewhere)."""
+def worker_threads(settle_s: float = 5.0) -> list[str]:
+    """Names of this process's gloo threads still running after up to ``settle_s`` seconds (Linux;
+    empty elsewhere).
+
+    A joined thread can stay listed in /proc for a moment: pthread_join returns when the kernel
+    clears the thread's tid, which it does before it unlinks the exiting task, and a loaded machine
+    can preempt the thread in between (tests/test_distributed.py once failed on ``gloo_tcp_loop``,
+    joined by the tcp Device's destructor). So poll briefly; a thread nobody joined stays."""
     tasks = "/proc/self/task"
     if not os.path.isdir(tasks):
         return []
-    names = []
-    for tid in os.listdir(tasks):
-        try:
-            with open(f"{tasks}/{tid}/comm") as f:
-                names.append(f.read().strip())
-        except OSError:  # the thread ended meanwhile
-            pass
-    return [n for n in names if "gloo" in n]
+    deadline = time.monotonic() + settle_s
+    while True:
+        names = []
+        for tid in os.listdir(tasks):
+            try:
+                with open(f"{tasks}/{tid}/comm") as f:
+                    names.append(f.read().strip())
+            except OSError:  # the thread ended meanwhile
+                pass
+        left = [n for n in names if "gloo" in n]
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.01)
