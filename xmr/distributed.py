@@ -166,8 +166,8 @@ def worker_threads(settle_s: float = 5.0) -> list[str]:
 
     A joined thread can stay listed in /proc for a moment: pthread_join returns when the kernel
     clears the thread's tid, which it does before it unlinks the exiting task, and a loaded machine
-    can preempt the thread in between (tests/test_distributed.py once failed on ``gloo_tcp_loop``,
-    joined by the tcp Device's destructor). So poll briefly; a thread nobody joined stays."""
+    can preempt the thread in between (results/README.md, "Test stability"). So poll briefly; a
+    thread nobody joined stays."""
     tasks = "/proc/self/task"
     if not os.path.isdir(tasks):
         return []
