@@ -46,6 +46,10 @@ ROWS = [
     # the chosen run may override its preset, so the benchmark's parameter count does not apply
     ("VSE++ `cpu-bert`, levers chosen on dev (results/vsepp-flickr8k/dev-levers.md)", "Faghri et al. 2018", "vsepp-flickr8k/test.json",
      None, "vsepp-flickr8k/metrics.jsonl", None),
+    # issue 18's stage: richer image inputs the other rows were not trained on, so not their baseline
+    ("VSE++ on three EfficientNet-Lite networks joined (not the other rows' inputs; "
+     "results/vsepp-flickr8k/joined/dev-levers.md)", "", "vsepp-flickr8k/joined/test.json", None,
+     "vsepp-flickr8k/joined/metrics.jsonl", None),
     # model-throughput.json measured the cpu preset of before (d = 64, Lite0), so no parameter count
     ("MMCA `cpu` (α chosen on dev), exhaustive", "Wei et al. 2020", "mmca-flickr8k/test.json", None,
      "mmca-flickr8k/metrics.jsonl", None),

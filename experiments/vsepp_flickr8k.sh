@@ -7,6 +7,7 @@
 #   bash experiments/vsepp_flickr8k.sh              # features, the default levers, test of the chosen one
 #   LEVERS="bert ft1-crop" bash experiments/vsepp_flickr8k.sh   # a subset
 #   LEVERS="lite2-mean@s1" bash experiments/vsepp_flickr8k.sh   # a lever with seed 1 (run <lever>-s1)
+#   bash experiments/vsepp_flickr8k.sh joined       # the joined-networks stage (JOINED_LEVERS), its own folders
 #
 # Levers (all read frozen MiniLM token states through a BiGRU, preset cpu-bert, 8 epochs with the
 # learning rate divided by 10 after 5, unless named):
@@ -31,11 +32,32 @@
 # fine-tuning rate, so the tail trains at 1x: text_tail_lr_scale=1): MiniLM's top layer trained on
 # cached layer-5 token states, which at its pretrained weights compute the frozen final states:
 #   lite2-txt1    from lite2: MiniLM's last layer fine-tuned before the BiGRU
+# and the image side as an ensemble of the three EfficientNet-Lite networks: a joined extractor
+# (a+b+c, xmr/features/image.py) whose pooled vectors are the parts' side by side (3 x 1280-d),
+# each with the mean-pooled text head of lite2-mean (its runs take a minute):
+#   j012-mean     Lite0 at 224^2 + Lite1 at 240^2 + Lite2 at 260^2 (each at its ImageNet size)
+#   j012hr-mean   Lite0 and Lite1 at 288^2 (9 x 9 grids, as Lite2's) + Lite2 at 260^2
+#   j012x-mean    Lite0 and Lite1 at 288^2 + Lite2 at 330^2
+#   j012hr        j012hr's features with the BiGRU text head (cpu-bert as it is)
+#   j6-mean       all six of the above side by side (Lite0 224+288, Lite1 240+288, Lite2 260+330)
+#   j012x-mean-1024  j012x-mean with a 1024-d joint space (the VSE++ paper's) instead of 512
+#   j012x-mean-1024-d2  j012x-mean-1024, 5 epochs, the learning rate divided by 10 after 2 (its
+#                 runs peak at epoch 2-3, before the default decay)
+#   j012x-mean-2048  j012x-mean with a 2048-d joint space
+#   j012x-mean-2048-d2  both: 2048-d, the decay after epoch 2
+# The stage is run into its own folders: RUNS=runs/vsepp-f8k-joined OUT=results/vsepp-flickr8k/joined
 set -euo pipefail
+JOINED_LEVERS="lite2-mean lite2-mean@s1 j012-mean j012hr-mean j012hr-mean@s1 j012x-mean j012x-mean@s1 j6-mean
+  j6-mean@s1 j012x-mean-1024 j012x-mean-1024@s1 j012x-mean-1024-d2 j012x-mean-1024-d2@s1 j012x-mean-2048
+  j012x-mean-2048@s1 j012x-mean-2048-d2 j012x-mean-2048-d2@s1"
 cd "$(dirname "$0")/.."
 XMR=.venv/bin/xmr
+if [[ ${1:-} == joined ]]; then  # the joined-networks stage, in its own folders
+  RUNS=${RUNS:-runs/vsepp-f8k-joined} OUT=${OUT:-results/vsepp-flickr8k/joined}
+  LEVERS=${LEVERS:-"$JOINED_LEVERS"}
+fi
 RUNS=${RUNS:-runs/vsepp-f8k-levers}
-OUT=results/vsepp-flickr8k
+OUT=${OUT:-results/vsepp-flickr8k}
 LEVERS=${LEVERS:-"bert ft1-crop lite2"}
 mkdir -p "$OUT" "$RUNS"
 
@@ -46,6 +68,7 @@ train() {  # name, preset, extractor, then any --set KEY=VALUE overrides (seed: 
     --seed "$SEED" --threads "${THREADS:-2}" --quiet --resume "$@" >> "$RUNS/$name.log" 2>&1
 }
 BUDGET="--set epochs=8 --set lr_decay_epochs=[5]"
+L0=efficientnet-lite0 L1=efficientnet-lite1 L2=efficientnet-lite2
 FT="--set image_input=trunk --set tail_blocks=1 --set warmup_epochs=0 --set epochs=3 --set lr=5e-5 --set lr_decay_epochs=[]"
 for lever in $LEVERS; do
   SEED=0 SUFFIX=""
@@ -68,6 +91,19 @@ for lever in $LEVERS; do
       --set augment=crop ;;
     lite2-txt1) train lite2-txt1 cpu-bert efficientnet-lite2-260 --set text_tail_layers=1 --set init_from=$RUNS/lite2 \
       --set warmup_epochs=0 --set epochs=3 --set lr=5e-5 --set lr_decay_epochs=[] --set text_tail_lr_scale=1 ;;
+    j012-mean) train j012-mean cpu-bert $L0-224+$L1-240+$L2-260 $BUDGET --set text_pool=mean ;;
+    j012hr-mean) train j012hr-mean cpu-bert $L0-288+$L1-288+$L2-260 $BUDGET --set text_pool=mean ;;
+    j012x-mean) train j012x-mean cpu-bert $L0-288+$L1-288+$L2-330 $BUDGET --set text_pool=mean ;;
+    j6-mean) train j6-mean cpu-bert $L0-224+$L0-288+$L1-240+$L1-288+$L2-260+$L2-330 $BUDGET --set text_pool=mean ;;
+    j012x-mean-1024) train j012x-mean-1024 cpu-bert $L0-288+$L1-288+$L2-330 $BUDGET --set text_pool=mean \
+      --set embed_dim=1024 ;;
+    j012x-mean-1024-d2) train j012x-mean-1024-d2 cpu-bert $L0-288+$L1-288+$L2-330 --set epochs=5 \
+      --set lr_decay_epochs=[2] --set text_pool=mean --set embed_dim=1024 ;;
+    j012x-mean-2048) train j012x-mean-2048 cpu-bert $L0-288+$L1-288+$L2-330 $BUDGET --set text_pool=mean \
+      --set embed_dim=2048 ;;
+    j012x-mean-2048-d2) train j012x-mean-2048-d2 cpu-bert $L0-288+$L1-288+$L2-330 --set epochs=5 \
+      --set lr_decay_epochs=[2] --set text_pool=mean --set embed_dim=2048 ;;
+    j012hr) train j012hr cpu-bert $L0-288+$L1-288+$L2-260 $BUDGET ;;
     *) echo "unknown lever $lever" >&2; exit 2 ;;
   esac
 done

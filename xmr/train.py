@@ -35,7 +35,7 @@ from xmr.eval.evaluate import evaluate, format_table
 from xmr.eval.labelled import evaluate_labelled
 from xmr.features.labelled import FLICKR8K_SETS, labelled_set
 from xmr.errors import ConfigError
-from xmr.features.image import ExtractorSpec
+from xmr.features.image import JOIN, ExtractorSpec
 from xmr.features.store import DEFAULT_CACHE, pair_data
 from xmr.models import create_model, get_entry, get_preset
 from xmr.models.base import Inputs, RetrievalModel, Reps, Stage
@@ -148,7 +148,8 @@ class PairTask:
         return {"vocab_size": lambda: len(self.vocab), "image_dim": lambda: data.image_dim,
                 "n_regions": lambda: int(data.features.shape[1]) if data.features.ndim == 3 else 1,
                 "max_len": lambda: int(self.recipe["max_len"]), "n_train_images": lambda: int(data.n_images),
-                "backbone": lambda: ExtractorSpec.parse(self.extractor).backbone}
+                # a joined extractor has no one backbone: a CNN tail over it is refused by name
+                "backbone": lambda: self.extractor if JOIN in self.extractor else ExtractorSpec.parse(self.extractor).backbone}
 
     def describe(self) -> str:
         return f"{self.train.n_captions} training pairs, vocab {len(self.vocab)}"

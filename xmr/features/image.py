@@ -4,7 +4,8 @@ Stands in for the papers' Faster R-CNN regions (ACMM, MMCA: 36 x 2048), VGG-16 p
 (JGCAR: 14 x 14 x 512 at 448^2) and VGG/ResNet pooled vectors (VSE++). An extractor is named
 ``efficientnet-lite{0,1,2}-<resolution>``: Lite0 at 224^2 gives a 7 x 7 grid of the final
 1280-channel map (49 regions), at 448^2 14 x 14; Lite2 at 260^2 gives 9 x 9. The pooled vector is
-the network's own global average of that map.
+the network's own global average of that map. Names joined with ``+`` serve several networks'
+features side by side (``extractor_parts``), each cached under its own name.
 
 One forward pass writes three outputs, fp16, read back memory-mapped, in the VSE++/SCAN
 precomputed-feature format: ``<out>/grid/{split}_ims.npy`` (N, R, 1280),
@@ -72,12 +73,44 @@ class ExtractorSpec:
 
     @classmethod
     def parse(cls, name: str) -> "ExtractorSpec":
+        if JOIN in name:
+            raise ValueError(f"{name!r} joins several extractors; this needs one network (fine-tuning the "
+                             "CNN's tail, image input trunk): name one extractor")
         base, _, res = name.rpartition("-")
         if base not in BACKBONES or not res.isdigit() or not 32 <= int(res) <= 1024:
             raise ValueError(f"unknown image extractor {name!r}; use efficientnet-lite0-224, "
                              "efficientnet-lite0-448 or efficientnet-lite2-260 (any of "
                              f"{', '.join(BACKBONES)} at a resolution of 32 to 1024)")
         return cls(name, base, int(res))
+
+
+JOIN = "+"
+
+
+def extractor_parts(extractor: str) -> list[ExtractorSpec]:
+    """The extractors a name joins with ``+`` (one for a plain name), each parsed.
+
+    A joined extractor (``efficientnet-lite0-224+efficientnet-lite2-260``) serves its parts'
+    features side by side, channels concatenated: an ensemble of ImageNet networks as one image
+    input. Each part is extracted and cached on its own, so parts are shared between joins."""
+    names = extractor.split(JOIN)
+    if len(set(names)) != len(names):
+        raise ValueError(f"extractor {extractor!r} names a part twice")
+    return [ExtractorSpec.parse(n) for n in names]
+
+
+def join_features(arrays: list[np.ndarray], names: list[str]) -> np.ndarray:
+    """Features of the same images from several extractors, side by side along the last axis
+    (pooled (N, D) or grid (N, R, D)); grids must have the same regions to be joined per cell."""
+    if len(arrays) == 1:
+        return arrays[0]
+    shapes = {a.shape[:-1] for a in arrays}
+    if len(shapes) > 1:
+        sizes = ", ".join(f"{n}: {a.shape[1:-1] or 'pooled'}" for n, a in zip(names, arrays))
+        raise DataError(f"cannot join the features of {' + '.join(names)} ({sizes}): grids are joined cell by "
+                        "cell, so every part needs the same grid (e.g. efficientnet-lite0-288 beside "
+                        "efficientnet-lite2-260, both 9 x 9), or use pooled input")
+    return np.concatenate([np.asarray(a) for a in arrays], axis=-1)
 
 
 class _Features(torch.nn.Module):
@@ -146,6 +179,36 @@ def image_features(images: list, backbone, resolution: int) -> torch.Tensor:
     """Grid features (B, g*g, C) of PIL images, row-major over the grid (pooled = their mean), from
     either runtime's network (``load_network``)."""
     return backbone_maps(images, backbone, resolution)[1]
+
+
+def joined_image_features(images: list, networks: list[tuple], regions: bool) -> torch.Tensor:
+    """``image_features`` of every part of a joined extractor (``networks``: (network, resolution)
+    pairs), side by side: the grids (``regions``) or their means, as the cache stores them."""
+    grids = [image_features(images, net, res) for net, res in networks]
+    if regions:
+        return torch.from_numpy(join_features([g.numpy() for g in grids], [str(r) for _, r in networks]))
+    return torch.cat([g.mean(1) for g in grids], dim=-1)
+
+
+def extract_parts(split: Split, folder_of, extractor: str, kind: str, batch_size: int = 32,
+                  progress: bool = True, on_bad_input: str = "fail",
+                  runtime: str | None = None) -> tuple[list[Path], list[dict], list[dict]]:
+    """Extract (or reuse) ``split``'s features for every part of ``extractor``, part ``p`` under
+    ``folder_of(p)``. Returns the folders holding ``kind`` ("grid", "pooled" or "trunk") for each
+    part, in order, the images any part left out (``skipped_images``) and each part's stats."""
+    parts = extractor_parts(extractor)
+    if kind == "trunk" and len(parts) > 1:
+        raise ValueError(f"{extractor!r} joins several extractors; cached trunk activations (fine-tuning "
+                         "the CNN's tail) come from one network: name one extractor")
+    folders, skipped, stats = [], {}, []
+    for part in parts:
+        root = Path(folder_of(part.name))
+        stats.append({"extractor": part.name,
+                      **extract_split(split, root, part.name, batch_size, progress, on_bad_input, runtime)})
+        grid_dir, pooled_dir = feature_dirs(root)
+        folders.append({"grid": grid_dir, "pooled": pooled_dir, "trunk": trunk_dir(root)}[kind])
+        skipped.update((r["index"], r) for r in skipped_images(root, split.name))
+    return folders, [skipped[i] for i in sorted(skipped)], stats
 
 
 def feature_dirs(out: Path) -> tuple[Path, Path]:

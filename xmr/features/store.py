@@ -1,7 +1,8 @@
 """Where features live and how a model's image input is served from them.
 
 Extracted features are cached under ``<cache>/features/<dataset key>/<extractor>/`` and reused;
-precomputed-feature datasets bring their own. A model asks for ``pooled`` (N, D) or ``regions``
+precomputed-feature datasets bring their own. A joined extractor (``a+b``) reads each part's folder and
+serves their features side by side. A model asks for ``pooled`` (N, D) or ``regions``
 (N, R, D) input; pooled input from a region file is the region mean, and region input from a
 pooled file is a single region. A model that runs its own CNN asks for ``pixels``: the images
 resized to R x R, uint8, cached under ``<cache>/pixels/<dataset key>/<R>/``. Text read through
@@ -22,7 +23,7 @@ from xmr.data.base import DataError
 from xmr.data.pairs import PairData
 from xmr.data.precomputed import read_precomputed
 from xmr.data.text import Vocab
-from xmr.features.image import extract_split, feature_dirs, skipped_images, trunk_dir
+from xmr.features.image import JOIN, extract_parts, join_features
 from xmr.interface import Inputs
 
 DEFAULT_CACHE = Path(os.environ.get("XMR_CACHE", "runs/cache"))
@@ -30,6 +31,7 @@ IMAGE_INPUTS = ("pooled", "regions", "trunk")
 
 
 def feature_root(spec: DatasetSpec, extractor: str, cache: Path = DEFAULT_CACHE) -> Path:
+    """The cache folder of one extractor's features (a joined extractor's parts have one each)."""
     return Path(cache) / "features" / spec.key / extractor
 
 
@@ -60,13 +62,11 @@ def split_with_features(data: str | DatasetSpec, split: str, image_input: str,
 
         return split_with_pixels(raw, spec.key, resolution, cache, progress, on_bad_input)
     if raw.features is None:
-        root = feature_root(spec, extractor, cache)
-        extract_split(raw, root, extractor, progress=progress, on_bad_input=on_bad_input)
-        grid_dir, pooled_dir = feature_dirs(root)
-        stored_dir = {"regions": grid_dir, "pooled": pooled_dir, "trunk": trunk_dir(root)}[image_input]
-        stored = read_precomputed(stored_dir, split, raw.captions_per_image, maps=image_input == "trunk")
-        raw.features = stored.features
-        skipped = skipped_images(root, split)
+        kind = {"regions": "grid", "pooled": "pooled", "trunk": "trunk"}[image_input]
+        folders, skipped, _ = extract_parts(raw, lambda name: feature_root(spec, name, cache), extractor, kind,
+                                            progress=progress, on_bad_input=on_bad_input)
+        raw.features = join_features([read_precomputed(d, split, raw.captions_per_image, maps=kind == "trunk").features
+                                      for d in folders], extractor.split(JOIN))
         if skipped and on_bad_input == "fail":
             first = skipped[0]
             raise DataError(f"{len(skipped)} image(s) of split {split!r} could not be read when its features "
@@ -74,7 +74,7 @@ def split_with_features(data: str | DatasetSpec, split: str, image_input: str,
                             "to leave them out")
         if skipped:
             print(f"{split}: left out {len(skipped)} unreadable image(s) and their captions "
-                  f"({root / (split + '.skipped.json')})", file=sys.stderr)
+                  f"({folders[0].parent / (split + '.skipped.json')})", file=sys.stderr)
             raw = raw.without_images([r["index"] for r in skipped])
     feats = raw.features
     if image_input == "trunk" and feats.ndim != 4:

@@ -144,10 +144,10 @@ class Searcher:
 
     @cached_property
     def _backbone(self):
-        from xmr.features.image import ExtractorSpec, load_network
+        from xmr.features.image import extractor_parts, load_network
 
-        spec = ExtractorSpec.parse(self.meta["extractor"])
-        return load_network(spec, self.feature_runtime, self.onnx_dir), spec.resolution
+        return [(load_network(spec, self.feature_runtime, self.onnx_dir), spec.resolution)
+                for spec in extractor_parts(self.meta["extractor"])]
 
     def text_batch(self, captions: list[str], stored: np.ndarray | None = None) -> dict:
         """Model inputs of sentences: token ids, plus BERT states (stored rows, or computed now)."""
@@ -168,7 +168,7 @@ class Searcher:
 
     def image_batch_from_pil(self, images: list) -> dict:
         """Model inputs of PIL images: resized pixels, or the extractor's grid / pooled features."""
-        from xmr.features.image import image_features
+        from xmr.features.image import joined_image_features
 
         if self.meta["image_input"] == "pixels":  # a model with its own CNN reads the resized image
             from xmr.features.pixels import resized_pixels
@@ -176,9 +176,7 @@ class Searcher:
             size = self.model.inputs.pixels
             return {"image": torch.from_numpy(np.stack([resized_pixels(im, size) for im in images]))}
 
-        backbone, resolution = self._backbone
-        grid = image_features(images, backbone, resolution)
-        return {"image": grid if self.meta["image_input"] == "regions" else grid.mean(1)}
+        return {"image": joined_image_features(images, self._backbone, self.meta["image_input"] == "regions")}
 
     def image_batch_stored(self, idx: np.ndarray) -> dict:
         if self.image_features.dtype == np.uint8:  # raw pixels (image input "pixels")

@@ -140,7 +140,7 @@ def collect(collection: Collection, trained: TrainedRun, work: Path, cache: Path
         if rows is not None:
             paths = paths[rows(len(paths))]
         split = Split("images", [str(p.relative_to(folder)) for p in paths], [], 0, image_paths=paths)
-        from xmr.features.image import extract_split, feature_dirs, skipped_images
+        from xmr.features.image import JOIN, extract_parts, join_features
 
         try:
             if model.inputs.image == "pixels":  # a model with its own CNN: the resized images
@@ -149,15 +149,13 @@ def collect(collection: Collection, trained: TrainedRun, work: Path, cache: Path
                 split.features, skipped = cache_pixels(split, work / "extract", model.inputs.pixels, progress,
                                                        on_bad_input)
             else:
-                extract_split(split, work / "extract", meta["extractor"], progress=progress,
-                              on_bad_input=on_bad_input)
+                names = meta["extractor"].split(JOIN)
+                folders, skipped, _ = extract_parts(split, lambda name: extract_folder(work, meta["extractor"], name),
+                                                    meta["extractor"], "grid" if model.inputs.image == "regions" else "pooled",
+                                                    progress=progress, on_bad_input=on_bad_input)
+                split.features = join_features([np.load(d / "images_ims.npy", mmap_mode="r") for d in folders], names)
         except DataError as e:
             raise SearchError(f"{e} (--on-bad-input skip leaves unreadable images out)") from e
-        if model.inputs.image != "pixels":
-            grid_dir, pooled_dir = feature_dirs(work / "extract")
-            regions = model.inputs.image == "regions"
-            split.features = np.load((grid_dir if regions else pooled_dir) / "images_ims.npy", mmap_mode="r")
-            skipped = skipped_images(work / "extract", "images")
         if skipped:
             print(f"left out {len(skipped)} unreadable image(s): " + "; ".join(r["reason"] for r in skipped[:3]),
                   file=sys.stderr)
@@ -193,14 +191,23 @@ def feature_runtime(collection: Collection, trained: TrainedRun, folder: Path, c
     with, as ``collect`` left them (a folder of images: under ``folder``); None where no features
     were extracted (sentences, a model reading pixels, a dataset's own precomputed features)."""
     from xmr.data import DatasetSpec
-    from xmr.features.image import folder_runtime
+    from xmr.features.image import JOIN, folder_runtime
     from xmr.features.store import feature_root
 
     if collection.kind == "sentences" or trained.model.inputs.image == "pixels":
         return None
+    first = trained.meta["extractor"].split(JOIN)[0]  # every part is extracted with the same runtime
     if collection.kind == "images":
-        return folder_runtime(folder / "extract")
-    return folder_runtime(feature_root(DatasetSpec.of(collection.source), trained.meta["extractor"], cache))
+        return folder_runtime(extract_folder(folder, trained.meta["extractor"], first))
+    return folder_runtime(feature_root(DatasetSpec.of(collection.source), first, cache))
+
+
+def extract_folder(work: Path, extractor: str, part: str) -> Path:
+    """Where a folder of images gets the features of one part of ``extractor``: ``work/extract``
+    for a single extractor (as always), one folder per part for a joined one."""
+    from xmr.features.image import JOIN
+
+    return work / "extract" if JOIN not in extractor else work / "extract" / part
 
 
 @torch.no_grad()
