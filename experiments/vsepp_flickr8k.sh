@@ -38,14 +38,15 @@
 #   j012-mean     Lite0 at 224^2 + Lite1 at 240^2 + Lite2 at 260^2 (each at its ImageNet size)
 #   j012hr-mean   Lite0 and Lite1 at 288^2 (9 x 9 grids, as Lite2's) + Lite2 at 260^2
 #   j012x-mean    Lite0 and Lite1 at 288^2 + Lite2 at 330^2
-#   j012hr        j012hr's features with the BiGRU text head (cpu-bert as it is)
 #   j6-mean       all six of the above side by side (Lite0 224+288, Lite1 240+288, Lite2 260+330)
 #   j012x-mean-1024  j012x-mean with a 1024-d joint space (the VSE++ paper's) instead of 512
 #   j012x-mean-1024-d2  j012x-mean-1024, 5 epochs, the learning rate divided by 10 after 2 (its
 #                 runs peak at epoch 2-3, before the default decay)
 #   j012x-mean-2048  j012x-mean with a 2048-d joint space
 #   j012x-mean-2048-d2  both: 2048-d, the decay after epoch 2
-# The stage is run into its own folders: RUNS=runs/vsepp-f8k-joined OUT=results/vsepp-flickr8k/joined
+#   j012x-2048-d2  j012x-mean-2048-d2 with the BiGRU text head (cpu-bert as it is)
+# `bash experiments/vsepp_flickr8k.sh joined` runs them (JOINED_LEVERS) into runs/vsepp-f8k-joined and
+# results/vsepp-flickr8k/joined, beside the stage above.
 set -euo pipefail
 JOINED_LEVERS="lite2-mean lite2-mean@s1 j012-mean j012hr-mean j012hr-mean@s1 j012x-mean j012x-mean@s1 j6-mean
   j6-mean@s1 j012x-mean-1024 j012x-mean-1024@s1 j012x-mean-1024-d2 j012x-mean-1024-d2@s1 j012x-mean-2048
@@ -103,7 +104,8 @@ for lever in $LEVERS; do
       --set embed_dim=2048 ;;
     j012x-mean-2048-d2) train j012x-mean-2048-d2 cpu-bert $L0-288+$L1-288+$L2-330 --set epochs=5 \
       --set lr_decay_epochs=[2] --set text_pool=mean --set embed_dim=2048 ;;
-    j012hr) train j012hr cpu-bert $L0-288+$L1-288+$L2-260 $BUDGET ;;
+    j012x-2048-d2) train j012x-2048-d2 cpu-bert $L0-288+$L1-288+$L2-330 --set epochs=5 --set lr_decay_epochs=[2] \
+      --set embed_dim=2048 ;;
     *) echo "unknown lever $lever" >&2; exit 2 ;;
   esac
 done

@@ -98,7 +98,7 @@ def test_the_index_records_its_feature_runtime_and_queries_use_it(vsepp_index, f
     assert meta["feature_runtime"] == made_with == "onnx"  # a new feature folder's default
     assert "onnx runtime" in describe(out)
     searcher = Searcher(out, cache=tmp_path)
-    assert searcher.feature_runtime == "onnx" and isinstance(searcher._backbone[0], OnnxNetwork)
+    assert searcher.feature_runtime == "onnx" and all(isinstance(net, OnnxNetwork) for net, _ in searcher._backbone)
     # A query image is encoded as the indexed ones were.
     split = open_split(DATA, "test")
     query = searcher.image_batch_from_pil([split.load_image(0)])["image"]
@@ -116,7 +116,7 @@ def test_the_index_records_its_feature_runtime_and_queries_use_it(vsepp_index, f
             old["feature_runtime"] = value
         (copy / "meta.json").write_text(json.dumps(old))
         s = Searcher(copy, cache=tmp_path)
-        assert s.feature_runtime == "torch" and isinstance(s._backbone[0], torch.nn.Module)
+        assert s.feature_runtime == "torch" and all(isinstance(net, torch.nn.Module) for net, _ in s._backbone)
         assert [h.caption_index for h in s.search_image(split.load_image(0), k=5)] == \
                [h.caption_index for h in searcher.search_image(split.load_image(0), k=5)]
 
