@@ -44,7 +44,8 @@
 #                 runs peak at epoch 2-3, before the default decay)
 #   j012x-mean-2048  j012x-mean with a 2048-d joint space
 #   j012x-mean-2048-d2  both: 2048-d, the decay after epoch 2
-#   j012x-2048-d2  j012x-mean-2048-d2 with the BiGRU text head (cpu-bert as it is)
+#   j012x-2048-d2  j012x-mean-2048-d2 with the BiGRU text head (cpu-bert as it is; 37.8M parameters,
+#                 a 2048-d BiGRU: its first epoch had not ended after 7 minutes here, not run)
 # `bash experiments/vsepp_flickr8k.sh joined` runs them (JOINED_LEVERS) into runs/vsepp-f8k-joined and
 # results/vsepp-flickr8k/joined, beside the stage above.
 set -euo pipefail
