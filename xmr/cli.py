@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 import sys
+from functools import partial
 from pathlib import Path
 
 EXAMPLES = """examples:
@@ -94,21 +95,19 @@ def _check_split_overlap(splits) -> None:
 
 def cmd_features(args) -> int:
     from xmr.data import DatasetSpec, open_split
-    from xmr.features.image import check_runtime, extract_parts
+    from xmr.features.image import check_runtime, extract_parts, extractor_parts
     from xmr.features.store import feature_root
 
     if args.runtime is not None:
         check_runtime(args.runtime)
     spec = DatasetSpec.parse(args.data)
-    folders, stats = [], []
-    for split in args.splits:
-        parts, _, split_stats = extract_parts(open_split(spec, split), lambda name: feature_root(spec, name, Path(args.cache)),
-                                              args.extractor, "pooled", args.batch_size, progress=not args.quiet,
-                                              on_bad_input=args.on_bad_input, runtime=args.runtime)
-        folders, stats = [p.parent for p in parts], stats + split_stats
+    root = partial(feature_root, spec, cache=Path(args.cache))
+    stats = [s for split in args.splits
+             for s in extract_parts(open_split(spec, split), root, args.extractor, "pooled", args.batch_size,
+                                    progress=not args.quiet, on_bad_input=args.on_bad_input, runtime=args.runtime)[2]]
     for s in stats:
         print(json.dumps(s))
-    print(f"features in {', '.join(map(str, folders))}")
+    print(f"features in {', '.join(str(root(p.name)) for p in extractor_parts(args.extractor))}")
     if args.json:
         Path(args.json).write_text(json.dumps({"data": args.data, "extractor": args.extractor,
                                                "splits": stats}, indent=1))

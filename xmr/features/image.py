@@ -182,11 +182,11 @@ def image_features(images: list, backbone, resolution: int) -> torch.Tensor:
 
 
 def joined_image_features(images: list, networks: list[tuple], regions: bool) -> torch.Tensor:
-    """``image_features`` of every part of a joined extractor (``networks``: (network, resolution)
-    pairs), side by side: the grids (``regions``) or their means, as the cache stores them."""
-    grids = [image_features(images, net, res) for net, res in networks]
+    """``image_features`` of every part of a joined extractor (``networks``: (network, spec) pairs,
+    in order), side by side: the grids (``regions``) or their means, as the cache stores them."""
+    grids = [image_features(images, net, spec.resolution) for net, spec in networks]
     if regions:
-        return torch.from_numpy(join_features([g.numpy() for g in grids], [str(r) for _, r in networks]))
+        return torch.from_numpy(join_features([g.numpy() for g in grids], [spec.name for _, spec in networks]))
     return torch.cat([g.mean(1) for g in grids], dim=-1)
 
 

@@ -146,7 +146,7 @@ class Searcher:
     def _backbone(self):
         from xmr.features.image import extractor_parts, load_network
 
-        return [(load_network(spec, self.feature_runtime, self.onnx_dir), spec.resolution)
+        return [(load_network(spec, self.feature_runtime, self.onnx_dir), spec)
                 for spec in extractor_parts(self.meta["extractor"])]
 
     def text_batch(self, captions: list[str], stored: np.ndarray | None = None) -> dict:
